@@ -1,0 +1,299 @@
+"""An asyncio MQTT subscriber that acknowledges QoS 1 messages only when told to.
+
+aiomqtt acknowledges on receipt and offers no manual acknowledgement, so ingest drives paho-mqtt 2.x itself, with
+``manual_ack=True``, on the event loop's own selector (no network thread): the socket's readability calls
+``loop_read``, its writability ``loop_write``. The broker's in-flight window (MQTT 5 Receive Maximum, or the
+broker's ``max_inflight_messages`` over 3.1.1) bounds how many unacknowledged messages we can hold, and since we
+acknowledge after commit that window is the back-pressure: the broker keeps the rest.
+
+Reconnecting means leaving the context and entering a new one; with a persistent session the broker redelivers
+every message we had not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from wearline.settings import MqttSettings
+
+__all__ = ["BrokerError", "Message", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(Exception):
+    """The broker could not be reached, refused us, or the connection dropped."""
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    redelivered: bool
+    received_at: float
+
+
+class Subscriber:
+    """Subscribe to one topic filter at QoS 1 and hand out messages in batches; ``ack`` after commit.
+
+    Use as ``async with Subscriber(...) as sub: batch = await sub.next_batch(...); ...; sub.ack(batch)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: MqttSettings,
+        topic_filter: str,
+        client_id: str,
+        receive_maximum: int,
+        max_buffered: int,
+    ) -> None:
+        self._settings = settings
+        self._filter = topic_filter
+        self._client_id = client_id
+        self._receive_maximum = receive_maximum
+        self._max_buffered = max_buffered
+        self._buffer: collections.deque[Message] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._sock: socket.socket | None = None
+        self._reading = False
+        self._connected: asyncio.Future[bool] = self._loop.create_future()
+        self._subscribed: asyncio.Future[None] = self._loop.create_future()
+        self._lost: asyncio.Future[str] = self._loop.create_future()
+        self._misc: asyncio.Task[None] | None = None
+        self.session_present = False
+        self._client = self._make_client()
+
+    @property
+    def is_v5(self) -> bool:
+        return self._settings.protocol == "5"
+
+    def _make_client(self) -> paho.Client:
+        s = self._settings
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self.is_v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self.is_v5 else False,
+            manual_ack=True,
+            reconnect_on_failure=False,
+        )
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        if s.tls:
+            context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+            client.tls_set_context(context)
+        client.connect_timeout = s.connect_timeout_s
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    # paho callbacks. The socket ones also run in the executor thread that performs the blocking connect; there
+    # they hand their work to the loop. On the loop's own thread they act at once, before paho closes the socket.
+    def _on_loop(self, fn: Callable[[], object]) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        def register() -> None:
+            self._sock = sock
+            self._resume_reading()
+
+        self._on_loop(register)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        def unregister() -> None:
+            self._pause_reading()
+            self._loop.remove_writer(sock)
+            self._sock = None
+
+        self._on_loop(unregister)
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(lambda: self._loop.add_writer(sock, client.loop_write))
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(lambda: self._loop.remove_writer(sock))
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Properties | None
+    ) -> None:
+        if self._connected.done():
+            return
+        if reason.is_failure:
+            self._connected.set_exception(BrokerError(f"broker refused the connection: {reason}"))
+        else:
+            self._connected.set_result(bool(flags.session_present))
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Properties | None
+    ) -> None:
+        if self._subscribed.done():
+            return
+        bad = [r for r in reasons if r.is_failure or r.value != 1]
+        if bad:
+            self._subscribed.set_exception(BrokerError(f"subscription to {self._filter} refused or downgraded: {bad}"))
+        else:
+            self._subscribed.set_result(None)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Properties | None
+    ) -> None:
+        for fut in (self._connected, self._lost):
+            if not fut.done():
+                if fut is self._connected:
+                    fut.set_exception(BrokerError(f"disconnected before CONNACK: {reason}"))
+                else:
+                    fut.set_result(str(reason))
+        self._arrived.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            # Brokers should refuse such topics; if one gets through, keep it (as a dead letter later), not crash.
+            topic = "<topic is not UTF-8>"
+        self._buffer.append(Message(topic, msg.payload, msg.mid, msg.qos, bool(msg.dup), self._loop.time()))
+        self._arrived.set()
+        if len(self._buffer) >= self._max_buffered:
+            # Stop reading the socket: TCP flow control and the broker's queue hold the rest.
+            self._pause_reading()
+
+    def _on_readable(self) -> None:
+        self._client.loop_read()
+
+    def _pause_reading(self) -> None:
+        if self._reading and self._sock is not None:
+            self._loop.remove_reader(self._sock)
+            self._reading = False
+
+    def _resume_reading(self) -> None:
+        if not self._reading and self._sock is not None:
+            self._loop.add_reader(self._sock, self._on_readable)
+            self._reading = True
+
+    async def _misc_loop(self) -> None:
+        # paho's keepalive pings and retries live in loop_misc, which wants calling about once a second.
+        while True:
+            await asyncio.sleep(1)
+            if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS and not self._lost.done():
+                self._lost.set_result("keepalive or socket failure")
+                self._arrived.set()
+
+    async def __aenter__(self) -> Subscriber:
+        s = self._settings
+        props = None
+        if self.is_v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s
+            props.ReceiveMaximum = self._receive_maximum
+        try:
+            await self._loop.run_in_executor(
+                None,
+                lambda: self._client.connect(
+                    s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props
+                ),
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot connect to the broker at {s.host}:{s.port}: {exc}") from exc
+        self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
+        try:
+            async with asyncio.timeout(s.connect_timeout_s):
+                self.session_present = await self._connected
+                self._client.subscribe(self._filter, qos=1)
+                await self._subscribed
+        except BaseException:
+            await self._close()
+            raise
+        log.info(
+            "subscribed to %s as %s (MQTT %s, session %s)",
+            self._filter, self._client_id, s.protocol, "resumed" if self.session_present else "new",
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._misc is not None:
+            self._misc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._misc
+        if self._client.is_connected():
+            # Flush pending acknowledgements before saying goodbye.
+            self._client.loop_write()
+            self._client.disconnect()
+            self._client.loop_write()
+        if self._sock is not None:  # paho did not close it itself (no connection was ever made)
+            self._pause_reading()
+            self._loop.remove_writer(self._sock)
+        self._buffer.clear()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def next_batch(self, max_messages: int, max_delay_s: float, idle_s: float) -> list[Message]:
+        """Up to ``max_messages``, waiting at most ``max_delay_s`` after the first arrives, or an empty list after
+        ``idle_s`` with nothing. Raises :class:`BrokerError` when the connection is lost (what we had not
+        acknowledged will be redelivered)."""
+        deadline: float | None = None
+        idle_until = self._loop.time() + idle_s
+        while True:
+            if self._lost.done():
+                raise BrokerError(f"connection to the broker lost: {self._lost.result()}")
+            if len(self._buffer) >= max_messages:
+                break
+            now = self._loop.time()
+            if self._buffer and deadline is None:
+                deadline = self._buffer[0].received_at + max_delay_s
+            if deadline is not None and now >= deadline:
+                break
+            if deadline is None and now >= idle_until:
+                return []
+            self._arrived.clear()
+            timeout = (idle_until if deadline is None else deadline) - now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._arrived.wait()
+        n = min(max_messages, len(self._buffer))
+        batch = [self._buffer.popleft() for _ in range(n)]
+        if len(self._buffer) < self._max_buffered // 2:
+            self._resume_reading()
+        return batch
+
+    def ack(self, messages: list[Message]) -> None:
+        """Acknowledge committed messages, in the order they arrived (as MQTT requires)."""
+        for m in messages:
+            if m.qos > 0:
+                self._client.ack(m.mid, m.qos)

@@ -1,0 +1,185 @@
+"""The ingest process: subscribe, batch, commit, acknowledge; reconnect and retry without losing anything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import psycopg
+from prometheus_client import REGISTRY, CollectorRegistry
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from ingest._metrics import IngestMetrics
+from ingest._mqtt import BrokerError, Message, Subscriber
+from ingest._writer import BatchWriter, DeadLetter
+from wearline.db import open_pool, storage_mode
+from wearline.settings import Settings
+from wearline.topics import telemetry_filter
+from wearline.wire import Reason
+
+__all__ = ["IngestSummary", "run_ingest"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestSummary:
+    messages: int = 0
+    readings: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+class _Stopped(Exception):
+    """Shutdown was requested while a batch could not be committed: it stays unacknowledged for redelivery."""
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _commit_with_retry(
+    writer: BatchWriter, batch: list[Message], metrics: IngestMetrics, stop: asyncio.Event
+) -> tuple[int, list[DeadLetter], list[int]]:
+    """Commit one batch, retrying database outages with backoff until it succeeds or shutdown is asked."""
+
+    def give_up(_: RetryCallState) -> bool:
+        return stop.is_set()
+
+    def before_sleep(state: RetryCallState) -> None:
+        metrics.db_up.set(0)
+        metrics.db_retries.inc()
+        log.warning("database write failed, retrying: %s", state.outcome.exception() if state.outcome else None)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(psycopg.OperationalError),
+        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        stop=give_up,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                rows, dead, stamps = await writer.prepare(batch)
+                try:
+                    await writer.commit(rows, dead)
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    # One bad message must not hold the rest hostage: commit them one by one and keep the
+                    # ones the database refuses as dead letters.
+                    log.warning("batch refused by the database (%s); writing message by message", exc)
+                    rows, dead, stamps = await _commit_singly(writer, batch)
+    except psycopg.OperationalError as exc:
+        raise _Stopped from exc
+    metrics.db_up.set(1)
+    readings = sum(sum(v is not None for v in vals) for vals in rows.values())
+    return readings, dead, stamps
+
+
+async def _commit_singly(
+    writer: BatchWriter, batch: list[Message]
+) -> tuple[dict[tuple[int, int], list[float | None]], list[DeadLetter], list[int]]:
+    all_rows: dict[tuple[int, int], list[float | None]] = {}
+    all_dead: list[DeadLetter] = []
+    all_stamps: list[int] = []
+    for msg in batch:
+        rows, dead, stamps = await writer.prepare([msg])
+        try:
+            await writer.commit(rows, dead)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            dead = [DeadLetter(msg.topic, msg.payload, Reason.DB_REJECTED, f"database refused: {exc}"[:500])]
+            await writer.commit({}, dead)
+            rows, stamps = {}, []
+        all_rows.update(rows)
+        all_dead.extend(dead)
+        all_stamps.extend(stamps)
+    return all_rows, all_dead, all_stamps
+
+
+async def run_ingest(
+    settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY, client_id: str | None = None
+) -> IngestSummary:
+    """Run ingest until ``stop`` is set; the batch in hand is committed and acknowledged before returning."""
+    ing = settings.ingest
+    metrics = IngestMetrics(registry)
+    summary = IngestSummary()
+    started = time.monotonic()
+    pool = await open_pool(settings.database, name="ingest")
+    try:
+        async with pool.connection() as conn:
+            mode = await storage_mode(conn, settings.database.schema_name)
+        if mode is None:
+            raise RuntimeError(
+                f"schema {settings.database.schema_name!r} is not migrated: run `wearline db migrate` first"
+            )
+        writer = BatchWriter(pool, settings, mode, metrics)
+        metrics.db_up.set(1)
+        topic_filter = telemetry_filter(settings.topic_prefix, ing.shared_group)
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                async with Subscriber(
+                    settings=settings.mqtt,
+                    topic_filter=topic_filter,
+                    client_id=client_id or settings.mqtt.client_id,
+                    receive_maximum=ing.receive_maximum,
+                    max_buffered=ing.receive_maximum,
+                ) as sub:
+                    metrics.broker_up.set(1)
+                    metrics.queue_depth.set_function(lambda: sub.buffered)
+                    backoff = 0.5
+                    while not stop.is_set():
+                        batch = await sub.next_batch(ing.batch_max_messages, ing.batch_max_delay_ms / 1000, idle_s=0.5)
+                        if not batch:
+                            continue
+                        t0 = time.perf_counter()
+                        readings, dead, stamps = await _commit_with_retry(writer, batch, metrics, stop)
+                        sub.ack(batch)
+                        _observe(metrics, batch, readings, dead, stamps, time.perf_counter() - t0)
+                        summary.messages += len(batch)
+                        summary.readings += readings
+                        summary.dead_letters += len(dead)
+                        summary.batches += 1
+            except BrokerError as exc:
+                metrics.broker_up.set(0)
+                log.warning("broker: %s; reconnecting in %.1f s", exc, backoff)
+                await _sleep_unless(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+            except _Stopped:
+                log.warning("stopping with a batch uncommitted (database unavailable); the broker will redeliver it")
+                break
+    finally:
+        metrics.broker_up.set(0)
+        await pool.close()
+        log.info(
+            "ingest stopped after %.1f s: %d messages, %d readings, %d dead letters in %d batches",
+            time.monotonic() - started, summary.messages, summary.readings, summary.dead_letters, summary.batches,
+        )
+    return summary
+
+
+def _observe(
+    metrics: IngestMetrics,
+    batch: list[Message],
+    readings: int,
+    dead: list[DeadLetter],
+    stamps: list[int],
+    seconds: float,
+) -> None:
+    metrics.messages.labels("written").inc(len(batch) - len(dead))
+    for d in dead:
+        metrics.messages.labels("dead_letter").inc()
+        metrics.dead_letters.labels(d.reason).inc()
+    metrics.readings.inc(readings)
+    metrics.batch_messages.observe(len(batch))
+    metrics.commit_seconds.observe(seconds)
+    redelivered = sum(m.redelivered for m in batch)
+    if redelivered:
+        metrics.redeliveries.inc(redelivered)
+    now_ms = time.time() * 1000
+    for ms in stamps[:: max(1, len(stamps) // 100)]:  # a sample of the batch keeps this off the hot path
+        metrics.latency_seconds.observe(max(0.0, (now_ms - ms) / 1000))

@@ -1,0 +1,3 @@
+from wearline.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""How a long-running Wearline process lives and stops.
+
+``run_service`` serves metrics, runs the stage's coroutine, and on SIGTERM or SIGINT sets a stop event that the
+stage watches: the stage stops taking new work, finishes what it holds within the grace period, and returns. If it
+has not returned by then it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+__all__ = ["MetricsPortError", "run_service", "serve_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+class MetricsPortError(OSError):
+    """The metrics endpoint could not bind its port."""
+
+
+def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    """Expose ``registry`` on ``http://0.0.0.0:port/metrics``; port 0 turns the endpoint off."""
+    if port:
+        try:
+            start_http_server(port, registry=registry)
+        except OSError as exc:
+            raise MetricsPortError(f"cannot serve metrics on port {port} (the stage's metrics_port setting): {exc}") from exc
+        log.info("metrics on :%d/metrics", port)
+
+
+async def run_service(
+    name: str,
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    grace_s: float,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run ``main(stop)`` until it returns; signals set ``stop``, and ``grace_s`` later the task is cancelled."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    task = asyncio.create_task(main(stop), name=name)
+    try:
+        stop_wait = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            log.info("%s: stop requested, finishing in-flight work (grace %.1f s)", name, grace_s)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), grace_s)
+            except TimeoutError:
+                log.warning("%s: grace period over, cancelling", name)
+                task.cancel()
+        stop_wait.cancel()
+        await task
+    except asyncio.CancelledError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
