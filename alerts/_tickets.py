@@ -62,11 +62,26 @@ async def process_anomalies(conn: psycopg.AsyncConnection[Any], limit: int = 500
                FOR UPDATE OF a SKIP LOCKED""",
             [limit],
         )
-        for anomaly_id, machine_id, tenant_id, at, detector, score, threshold, sensors, path in await cur.fetchall():
+        for (
+            anomaly_id,
+            machine_id,
+            tenant_id,
+            at,
+            detector,
+            score,
+            threshold,
+            sensors,
+            path,
+        ) in await cur.fetchall():
             reason = "anomaly"
             priority = priority_for(score, threshold)
             title = f"Abnormal {', '.join(sensors[:3]) or 'behaviour'} on {path}"
-            details = {"detector": detector, "score": round(score, 2), "threshold": threshold, "sensors": sensors}
+            details = {
+                "detector": detector,
+                "score": round(score, 2),
+                "threshold": threshold,
+                "sensors": sensors,
+            }
             tcur = await conn.execute(
                 """INSERT INTO tickets (tenant_id, machine_id, reason, priority, title, details, first_seen, last_seen)
                    VALUES (%(tenant)s, %(machine)s, %(reason)s, %(priority)s, %(title)s, %(details)s, %(at)s, %(at)s)
@@ -77,8 +92,13 @@ async def process_anomalies(conn: psycopg.AsyncConnection[Any], limit: int = 500
                                  updated_at = now()
                    RETURNING ticket_id, (xmax = 0) AS inserted""",
                 {
-                    "tenant": tenant_id, "machine": machine_id, "reason": reason, "priority": priority,
-                    "title": title, "details": Jsonb(details), "at": at,
+                    "tenant": tenant_id,
+                    "machine": machine_id,
+                    "reason": reason,
+                    "priority": priority,
+                    "title": title,
+                    "details": Jsonb(details),
+                    "at": at,
                 },
             )
             row = await tcur.fetchone()
@@ -86,10 +106,15 @@ async def process_anomalies(conn: psycopg.AsyncConnection[Any], limit: int = 500
             ticket_id, inserted = row
             await conn.execute(
                 "INSERT INTO ticket_events (ticket_id, kind, data) VALUES (%s, %s, %s)",
-                [ticket_id, "opened" if inserted else "occurrence", Jsonb({"anomaly_id": anomaly_id, **details})],
+                [
+                    ticket_id,
+                    "opened" if inserted else "occurrence",
+                    Jsonb({"anomaly_id": anomaly_id, **details}),
+                ],
             )
             await conn.execute(
-                "UPDATE anomalies SET handled_at = now(), ticket_id = %s WHERE anomaly_id = %s", [ticket_id, anomaly_id]
+                "UPDATE anomalies SET handled_at = now(), ticket_id = %s WHERE anomaly_id = %s",
+                [ticket_id, anomaly_id],
             )
             opened += int(inserted)
             handled += 1

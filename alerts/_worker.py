@@ -25,7 +25,9 @@ class AlertsSummary:
     anomalies_handled: int = 0
 
 
-async def run_alerts(settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY) -> AlertsSummary:
+async def run_alerts(
+    settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY
+) -> AlertsSummary:
     """Process anomalies until ``stop`` is set."""
     opened_total = Counter("wearline_alerts_tickets_opened_total", "Service tickets opened.", registry=registry)
     handled_total = Counter(
@@ -52,5 +54,9 @@ async def run_alerts(settings: Settings, stop: asyncio.Event, *, registry: Colle
                     await asyncio.wait_for(stop.wait(), settings.alerts.poll_interval_s)
     finally:
         await pool.close()
-        log.info("alerts stopped: %d tickets opened, %d anomalies handled", summary.tickets_opened, summary.anomalies_handled)
+        log.info(
+            "alerts stopped: %d tickets opened, %d anomalies handled",
+            summary.tickets_opened,
+            summary.anomalies_handled,
+        )
     return summary

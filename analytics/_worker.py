@@ -37,13 +37,18 @@ class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows = Counter("wearline_analytics_rows_scored_total", "Readings rows scored.", registry=registry)
         self.anomalies = Counter(
-            "wearline_analytics_anomalies_total", "Anomalies recorded, by detector.", ["detector"], registry=registry
+            "wearline_analytics_anomalies_total",
+            "Anomalies recorded, by detector.",
+            ["detector"],
+            registry=registry,
         )
         self.pass_seconds = Histogram(
             "wearline_analytics_pass_seconds", "Time for one pass over all machines.", registry=registry
         )
         self.lag_seconds = Gauge(
-            "wearline_analytics_lag_seconds", "Age of the newest reading scored in the last pass.", registry=registry
+            "wearline_analytics_lag_seconds",
+            "Age of the newest reading scored in the last pass.",
+            registry=registry,
         )
 
 
@@ -116,11 +121,15 @@ async def _score_machine(
                     float(per_sensor.max()),
                     detector.threshold,
                     drivers,
-                    Jsonb({
-                        "flagged_rows": len(flagged),
-                        "scored_rows": len(scored),
-                        "z": {names.get(int(p) + 1, f"#{int(p) + 1}"): round(float(per_sensor[p]), 2) for p in top[:5]},
-                    }),
+                    Jsonb(
+                        {
+                            "flagged_rows": len(flagged),
+                            "scored_rows": len(scored),
+                            "z": {
+                                names.get(int(p) + 1, f"#{int(p) + 1}"): round(float(per_sensor[p]), 2) for p in top[:5]
+                            },
+                        }
+                    ),
                 ],
             )
             anomalies = cur.rowcount
@@ -173,6 +182,8 @@ async def run_analytics(
         await pool.close()
         log.info(
             "analytics stopped: %d passes, %d rows scored, %d anomalies",
-            summary.passes, summary.rows_scored, summary.anomalies,
+            summary.passes,
+            summary.rows_scored,
+            summary.anomalies,
         )
     return summary

@@ -10,30 +10,44 @@ __all__ = ["IngestMetrics"]
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.messages = Counter(
-            "wearline_ingest_messages_total", "MQTT messages handled, by outcome.", ["outcome"], registry=registry
+            "wearline_ingest_messages_total",
+            "MQTT messages handled, by outcome.",
+            ["outcome"],
+            registry=registry,
         )
         self.readings = Counter(
-            "wearline_ingest_readings_total", "Sensor values committed to the readings table.", registry=registry
+            "wearline_ingest_readings_total",
+            "Sensor values committed to the readings table.",
+            registry=registry,
         )
         self.dead_letters = Counter(
-            "wearline_ingest_dead_letters_total", "Messages stored as dead letters, by reason.", ["reason"],
+            "wearline_ingest_dead_letters_total",
+            "Messages stored as dead letters, by reason.",
+            ["reason"],
             registry=registry,
         )
         self.redeliveries = Counter(
-            "wearline_ingest_redeliveries_total", "Messages the broker delivered again (DUP flag set).",
+            "wearline_ingest_redeliveries_total",
+            "Messages the broker delivered again (DUP flag set).",
             registry=registry,
         )
         self.batch_messages = Histogram(
-            "wearline_ingest_batch_messages", "Messages per committed batch.",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000), registry=registry,
+            "wearline_ingest_batch_messages",
+            "Messages per committed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+            registry=registry,
         )
         self.commit_seconds = Histogram(
-            "wearline_ingest_commit_seconds", "Time to write and commit one batch.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry,
+            "wearline_ingest_commit_seconds",
+            "Time to write and commit one batch.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
         )
         self.latency_seconds = Histogram(
-            "wearline_ingest_latency_seconds", "From a sample's own timestamp to the commit that stored it.",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=registry,
+            "wearline_ingest_latency_seconds",
+            "From a sample's own timestamp to the commit that stored it.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
         )
         self.queue_depth = Gauge(
             "wearline_ingest_queue_depth", "Messages received and not yet committed.", registry=registry
@@ -41,5 +55,7 @@ class IngestMetrics:
         self.db_up = Gauge("wearline_ingest_db_up", "1 while the database accepts writes.", registry=registry)
         self.broker_up = Gauge("wearline_ingest_broker_up", "1 while subscribed to the broker.", registry=registry)
         self.db_retries = Counter(
-            "wearline_ingest_db_retries_total", "Batch writes retried after a database error.", registry=registry
+            "wearline_ingest_db_retries_total",
+            "Batch writes retried after a database error.",
+            registry=registry,
         )

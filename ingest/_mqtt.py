@@ -144,7 +144,12 @@ class Subscriber:
         self._on_loop(lambda: self._loop.remove_writer(sock))
 
     def _on_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Properties | None
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if self._connected.done():
             return
@@ -154,7 +159,12 @@ class Subscriber:
             self._connected.set_result(bool(flags.session_present))
 
     def _on_subscribe(
-        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Properties | None
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
     ) -> None:
         if self._subscribed.done():
             return
@@ -165,14 +175,17 @@ class Subscriber:
             self._subscribed.set_result(None)
 
     def _on_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Properties | None
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
     ) -> None:
-        for fut in (self._connected, self._lost):
-            if not fut.done():
-                if fut is self._connected:
-                    fut.set_exception(BrokerError(f"disconnected before CONNACK: {reason}"))
-                else:
-                    fut.set_result(str(reason))
+        if not self._connected.done():
+            self._connected.set_exception(BrokerError(f"disconnected before CONNACK: {reason}"))
+        if not self._lost.done():
+            self._lost.set_result(str(reason))
         self._arrived.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -181,7 +194,7 @@ class Subscriber:
         except UnicodeDecodeError:
             # Brokers should refuse such topics; if one gets through, keep it (as a dead letter later), not crash.
             topic = "<topic is not UTF-8>"
-        self._buffer.append(Message(topic, msg.payload, msg.mid, msg.qos, bool(msg.dup), self._loop.time()))
+        self._buffer.append(Message(topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.dup), self._loop.time()))
         self._arrived.set()
         if len(self._buffer) >= self._max_buffered:
             # Stop reading the socket: TCP flow control and the broker's queue hold the rest.
@@ -212,7 +225,7 @@ class Subscriber:
         s = self._settings
         props = None
         if self.is_v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = s.session_expiry_s
             props.ReceiveMaximum = self._receive_maximum
         try:
@@ -235,7 +248,10 @@ class Subscriber:
             raise
         log.info(
             "subscribed to %s as %s (MQTT %s, session %s)",
-            self._filter, self._client_id, s.protocol, "resumed" if self.session_present else "new",
+            self._filter,
+            self._client_id,
+            s.protocol,
+            "resumed" if self.session_present else "new",
         )
         return self
 

@@ -101,7 +101,11 @@ async def _commit_singly(
 
 
 async def run_ingest(
-    settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY, client_id: str | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    client_id: str | None = None,
 ) -> IngestSummary:
     """Run ingest until ``stop`` is set; the batch in hand is committed and acknowledged before returning."""
     ing = settings.ingest
@@ -139,7 +143,14 @@ async def run_ingest(
                         t0 = time.perf_counter()
                         readings, dead, stamps = await _commit_with_retry(writer, batch, metrics, stop)
                         sub.ack(batch)
-                        _observe(metrics, batch, readings, dead, stamps, time.perf_counter() - t0)
+                        _observe(
+                            metrics,
+                            batch=batch,
+                            readings=readings,
+                            dead=dead,
+                            stamps=stamps,
+                            seconds=time.perf_counter() - t0,
+                        )
                         summary.messages += len(batch)
                         summary.readings += readings
                         summary.dead_letters += len(dead)
@@ -157,13 +168,18 @@ async def run_ingest(
         await pool.close()
         log.info(
             "ingest stopped after %.1f s: %d messages, %d readings, %d dead letters in %d batches",
-            time.monotonic() - started, summary.messages, summary.readings, summary.dead_letters, summary.batches,
+            time.monotonic() - started,
+            summary.messages,
+            summary.readings,
+            summary.dead_letters,
+            summary.batches,
         )
     return summary
 
 
 def _observe(
     metrics: IngestMetrics,
+    *,
     batch: list[Message],
     readings: int,
     dead: list[DeadLetter],

@@ -85,7 +85,7 @@ class BatchWriter:
             return None
         machine = _Machine(row[0])
         cur = await conn.execute("SELECT name, position FROM sensors WHERE machine_id = %s", [machine.machine_id])
-        machine.sensors = {name: pos for name, pos in await cur.fetchall()}
+        machine.sensors = dict(await cur.fetchall())
         return machine
 
     async def _register(
@@ -130,7 +130,7 @@ class BatchWriter:
             # Serialise position assignment per machine; the lock ends with the transaction.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('wearline-sensors'), %s)", [machine.machine_id])
             cur = await conn.execute("SELECT name, position FROM sensors WHERE machine_id = %s", [machine.machine_id])
-            machine.sensors = {name: pos for name, pos in await cur.fetchall()}
+            machine.sensors = dict(await cur.fetchall())
             nxt = max(machine.sensors.values(), default=0) + 1
             for name in sorted(set(names) - machine.sensors.keys()):
                 await conn.execute(
@@ -204,9 +204,7 @@ class BatchWriter:
                 stamps.append(sample.ts_ms)
         return rows, dead, stamps
 
-    async def commit(
-        self, rows: dict[tuple[int, int], list[float | None]], dead: Sequence[DeadLetter]
-    ) -> None:
+    async def commit(self, rows: dict[tuple[int, int], list[float | None]], dead: Sequence[DeadLetter]) -> None:
         """Write rows and dead letters in one transaction; raises psycopg errors for the caller to handle."""
         if self._mode == "native" and rows:
             days = {datetime.fromtimestamp(ms / 1000, tz=UTC).date() for _, ms in rows}
@@ -225,8 +223,6 @@ class BatchWriter:
                         await copy.write_row((machine_id, ms_to_datetime(ms), vals))
                 await conn.execute(_MERGE)
             if dead:
-                async with conn.cursor().copy(
-                    "COPY dead_letters (topic, reason, detail, payload) FROM STDIN"
-                ) as copy:
+                async with conn.cursor().copy("COPY dead_letters (topic, reason, detail, payload) FROM STDIN") as copy:
                     for d in dead:
                         await copy.write_row((d.topic, d.reason, d.detail, d.payload))

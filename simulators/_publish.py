@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ async def publish_fleet(
     summary.first_ts_ms = start_ms
     period = spec.sample_period_s / time_scale
     async with aiomqtt.Client(
-        mqtt.host, mqtt.port, identifier=client_id or f"{mqtt.client_id}-sim", username=mqtt.username,
+        mqtt.host,
+        mqtt.port,
+        identifier=client_id or f"{mqtt.client_id}-sim",
+        username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
     ) as client:
         t0 = time.monotonic()
@@ -73,9 +77,7 @@ async def publish_fleet(
             step += 1
             delay = t0 + step * period - time.monotonic()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
     log.info("published %d messages for %d machines", summary.messages, spec.machines)
     return summary

@@ -48,7 +48,9 @@ async def run_demo(
     started = time.monotonic()
     conn = await connect(settings.database, autocommit=True)
     async with conn:
-        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.database.schema_name)))
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.database.schema_name))
+        )
     await migrate(settings.database)
     serve_metrics(settings.ingest.metrics_port)
     spec = simulators.FleetSpec(machines=machines, faults=(simulators.Fault(faulty, fault_at_s),))
@@ -59,8 +61,12 @@ async def run_demo(
     async def publish() -> None:
         nonlocal published
         result = await simulators.publish_fleet(
-            settings.mqtt, settings.topic_prefix, spec, stage_stop,
-            steps=int(history_s / spec.sample_period_s), time_scale=time_scale,
+            settings.mqtt,
+            settings.topic_prefix,
+            spec,
+            stage_stop,
+            steps=int(history_s / spec.sample_period_s),
+            time_scale=time_scale,
             start_ms=int(time.time() * 1000) - history_s * 1000,
         )
         published = result.messages

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
@@ -30,13 +31,15 @@ def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY) -> None:
         try:
             start_http_server(port, registry=registry)
         except OSError as exc:
-            raise MetricsPortError(f"cannot serve metrics on port {port} (the stage's metrics_port setting): {exc}") from exc
+            raise MetricsPortError(
+                f"cannot serve metrics on port {port} (the stage's metrics_port setting): {exc}"
+            ) from exc
         log.info("metrics on :%d/metrics", port)
 
 
 async def run_service(
     name: str,
-    main: Callable[[asyncio.Event], Awaitable[None]],
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
     *,
     grace_s: float,
     stop: asyncio.Event | None = None,
@@ -50,23 +53,25 @@ async def run_service(
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     task = asyncio.create_task(main(stop), name=name)
+    stop_wait = asyncio.create_task(stop.wait())
     try:
-        stop_wait = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
             log.info("%s: stop requested, finishing in-flight work (grace %.1f s)", name, grace_s)
-            try:
-                await asyncio.wait_for(asyncio.shield(task), grace_s)
-            except TimeoutError:
-                log.warning("%s: grace period over, cancelling", name)
+            done, _ = await asyncio.wait({task}, timeout=grace_s)
+            if not done:
+                log.warning("%s: grace period of %.1f s over, cancelling", name, grace_s)
                 task.cancel()
-        stop_wait.cancel()
-        await task
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
+        await task  # re-raises what the stage raised
     except asyncio.CancelledError:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         raise
     finally:
+        stop_wait.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)

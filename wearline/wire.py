@@ -94,7 +94,9 @@ def _parse_ts(raw: object) -> int:
         if parsed.tzinfo is None:
             raise PayloadError(Reason.BAD_SCHEMA, f"ts {raw[:40]!r} has no UTC offset")
         return round(parsed.timestamp() * 1000)
-    raise PayloadError(Reason.BAD_SCHEMA, f"ts must be epoch milliseconds or an RFC 3339 string, not {type(raw).__name__}")
+    raise PayloadError(
+        Reason.BAD_SCHEMA, f"ts must be epoch milliseconds or an RFC 3339 string, not {type(raw).__name__}"
+    )
 
 
 def _parse_values(raw: object) -> dict[str, float | None]:
@@ -106,7 +108,9 @@ def _parse_values(raw: object) -> dict[str, float | None]:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise PayloadError(Reason.BAD_SCHEMA, f"value of sensor {name[:64]!r} is {type(value).__name__}, not a number")
+            raise PayloadError(
+                Reason.BAD_SCHEMA, f"value of sensor {name[:64]!r} is {type(value).__name__}, not a number"
+            )
         if not math.isfinite(value):
             raise PayloadError(Reason.NON_FINITE, f"value of sensor {name[:64]!r} is not finite")
         if not 0 < len(name) <= 64:

@@ -114,45 +114,42 @@ async def migrate(settings: DatabaseSettings) -> list[int]:
     """
     schema = settings.schema_name
     conn = await connect(settings)
-    async with conn:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(schema)])
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            await conn.execute(
-                sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(schema))
-            )
-            await conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
+    async with conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(schema)])
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        await conn.execute(sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(schema)))
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
                        version    integer PRIMARY KEY,
                        name       text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now()
                    );
                    CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);"""
+        )
+        done = set(await applied_versions(conn, schema))
+        shipped = available_migrations()
+        if done and max(done) > shipped[-1].version:
+            raise RuntimeError(
+                f"schema {schema} is at version {max(done)}, newer than this Wearline ({shipped[-1].version})"
             )
-            done = set(await applied_versions(conn, schema))
-            shipped = available_migrations()
-            if done and max(done) > shipped[-1].version:
-                raise RuntimeError(
-                    f"schema {schema} is at version {max(done)}, newer than this Wearline ({shipped[-1].version})"
-                )
-            pending = [m for m in shipped if m.version not in done]
-            mode = await _choose_mode(conn, settings.storage)
-            if mode == "timescaledb":
-                # The extension may live in a schema of its own choosing; its functions must resolve.
-                cur = await conn.execute(
-                    "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-                    "WHERE e.extname = 'timescaledb'"
-                )
-                ext = await cur.fetchone()
-                if ext is not None:
-                    await conn.execute(
-                        sql.SQL("SET LOCAL search_path = {}, {}, public").format(
-                            sql.Identifier(schema), sql.Identifier(ext[0])
-                        )
+        pending = [m for m in shipped if m.version not in done]
+        mode = await _choose_mode(conn, settings.storage)
+        if mode == "timescaledb":
+            # The extension may live in a schema of its own choosing; its functions must resolve.
+            cur = await conn.execute(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                "WHERE e.extname = 'timescaledb'"
+            )
+            ext = await cur.fetchone()
+            if ext is not None:
+                await conn.execute(
+                    sql.SQL("SET LOCAL search_path = {}, {}, public").format(
+                        sql.Identifier(schema), sql.Identifier(ext[0])
                     )
-            await conn.execute("INSERT INTO meta (key, value) VALUES ('storage_mode', %s) ON CONFLICT DO NOTHING", [mode])
-            for m in pending:
-                await conn.execute(m.statements(mode).encode())
-                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [m.version, m.name])
-                log.info("applied migration %04d %s (%s storage)", m.version, m.name, mode)
-            return [m.version for m in pending]
+                )
+        await conn.execute("INSERT INTO meta (key, value) VALUES ('storage_mode', %s) ON CONFLICT DO NOTHING", [mode])
+        for m in pending:
+            await conn.execute(m.statements(mode).encode())
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [m.version, m.name])
+            log.info("applied migration %04d %s (%s storage)", m.version, m.name, mode)
+        return [m.version for m in pending]

@@ -1,0 +1,141 @@
+"""Fixtures over the real services: PostgreSQL and Mosquitto, never mocks.
+
+The server addresses come from WEARLINE_TEST_DSN and WEARLINE_TEST_MQTT (host:port); each test gets its own
+database schema and MQTT topic prefix, dropped or abandoned when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from wearline.db import migrate
+from wearline.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DSN = os.environ.get("WEARLINE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_MQTT = os.environ.get("WEARLINE_TEST_MQTT", "127.0.0.1:1883")
+
+
+def _timescaledb_available() -> bool:
+    with psycopg.connect(TEST_DSN, autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        if row is None:
+            return False
+        preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+        return preload is not None and "timescaledb" in preload[0]
+
+
+HAS_TIMESCALEDB = _timescaledb_available()
+NO_TIMESCALEDB = (
+    "TimescaleDB is not installed on the test server (it is in no package registry here); the native "
+    "partitioning path is tested instead"
+)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(schema: str, prefix: str, storage: str = "auto", **overrides: object) -> Settings:
+    host, port = TEST_MQTT.rsplit(":", 1)
+    base: dict[str, object] = {
+        "topic_prefix": prefix,
+        "mqtt": {"host": host, "port": int(port), "client_id": unique("wlt-")},
+        "database": {"dsn": TEST_DSN, "schema": schema, "storage": storage},
+        "ingest": {"metrics_port": 0, "batch_max_delay_ms": 50},
+        "analytics": {"metrics_port": 0, "poll_interval_s": 0.2},
+        "alerts": {"metrics_port": 0, "poll_interval_s": 0.2},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}  # type: ignore[dict-item]
+        else:
+            base[key] = value
+    return load_settings(**base)
+
+
+def drop_schema(schema: str) -> None:
+    with psycopg.connect(TEST_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["native", pytest.param("timescaledb", marks=pytest.mark.timescaledb)])
+def storage(request: pytest.FixtureRequest) -> str:
+    """Both storage modes; the TimescaleDB one skips, saying why, where the extension is missing."""
+    if request.param == "timescaledb" and not HAS_TIMESCALEDB:
+        pytest.skip(NO_TIMESCALEDB)
+    return str(request.param)
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    name = unique("wlt_")
+    yield name
+    drop_schema(name)
+
+
+@pytest.fixture
+def settings(schema: str, storage: str) -> Settings:
+    """Settings for one test: its own schema and topic prefix, in each storage mode."""
+    return make_settings(schema, unique("wlt/"), storage)
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> Settings:
+    await migrate(settings.database)
+    return settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def shipped_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A Mosquitto of our own with the configuration Wearline ships (deploy/mosquitto/wearline.conf).
+
+    The machine's broker runs Debian's defaults, which drop messages for a slow subscriber; tests about
+    delivery guarantees must run against what we tell users to deploy.
+    """
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.fail("mosquitto is not installed: run the README's test command, which installs it")
+    work = tmp_path_factory.mktemp("mosquitto")
+    port = free_port()
+    conf = []
+    for shipped in (ROOT / "deploy/mosquitto/wearline.conf").read_text().splitlines():
+        if shipped.startswith("listener "):
+            conf.append(f"listener {port} 127.0.0.1")
+        elif shipped.startswith("persistence_location "):
+            conf.append(f"persistence_location {work}/")
+        else:
+            conf.append(shipped)
+    conf.append(f"log_dest file {work}/mosquitto.log")
+    (work / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+    proc = subprocess.Popen([binary, "-c", str(work / "mosquitto.conf")], cwd=work)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"our mosquitto did not start: {(work / 'mosquitto.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+    yield "127.0.0.1", port
+    proc.terminate()
+    proc.wait(10)
