@@ -1,22 +1,26 @@
 """The ``wearline`` command line: one entry point that loads settings once and runs a stage or a tool.
 
-Each module here adds its commands to the one Typer app; importing them is what registers them.
+Each ``_*.py`` module here adds its commands to the one Typer app when imported; this package imports them all.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wearline.cli import _db, _demo, _simulate, _stages
 from wearline.cli._common import app
 from wearline.logs import setup_logging
 from wearline.settings import SettingsError, load_settings
 
 __all__ = ["app", "main"]
-_COMMAND_MODULES = (_db, _demo, _simulate, _stages)
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name.startswith("_") and _module.name != "_common":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 @app.callback()
