@@ -57,7 +57,7 @@ async def _commit_with_retry(
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(psycopg.OperationalError),
-        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
         stop=give_up,
         before_sleep=before_sleep,
         reraise=True,
@@ -106,8 +106,13 @@ async def run_ingest(
     *,
     registry: CollectorRegistry = REGISTRY,
     client_id: str | None = None,
+    subscribed: asyncio.Event | None = None,
 ) -> IngestSummary:
-    """Run ingest until ``stop`` is set; the batch in hand is committed and acknowledged before returning."""
+    """Run ingest until ``stop`` is set; the batch in hand is committed and acknowledged before returning.
+
+    ``subscribed`` is set once the broker has confirmed the subscription (the broker keeps messages only for
+    subscriptions it knows, so a caller that publishes must wait for it on a brand-new session).
+    """
     ing = settings.ingest
     metrics = IngestMetrics(registry)
     summary = IngestSummary()
@@ -134,6 +139,8 @@ async def run_ingest(
                     max_buffered=ing.receive_maximum,
                 ) as sub:
                     metrics.broker_up.set(1)
+                    if subscribed is not None:
+                        subscribed.set()
                     metrics.queue_depth.set_function(lambda: sub.buffered)
                     backoff = 0.5
                     while not stop.is_set():

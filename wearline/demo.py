@@ -55,11 +55,14 @@ async def run_demo(
     serve_metrics(settings.ingest.metrics_port)
     spec = simulators.FleetSpec(machines=machines, faults=(simulators.Fault(faulty, fault_at_s),))
     stage_stop = asyncio.Event()
+    subscribed = asyncio.Event()
     ticket: alerts.Ticket | None = None
     published = 0
 
     async def publish() -> None:
         nonlocal published
+        # The broker keeps messages only for subscriptions it knows: start once ingest has subscribed.
+        await subscribed.wait()
         result = await simulators.publish_fleet(
             settings.mqtt,
             settings.topic_prefix,
@@ -84,7 +87,7 @@ async def run_demo(
         stage_stop.set()
 
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(ingest.run_ingest(settings, stage_stop))
+        tg.create_task(ingest.run_ingest(settings, stage_stop, subscribed=subscribed))
         tg.create_task(analytics.run_analytics(settings, stage_stop))
         tg.create_task(alerts.run_alerts(settings, stage_stop))
         tg.create_task(publish())
