@@ -53,7 +53,14 @@ async def run_demo(
         )
     await migrate(settings.database)
     serve_metrics(settings.ingest.metrics_port)
-    spec = simulators.FleetSpec(machines=machines, faults=(simulators.Fault(faulty, fault_at_s),))
+    # One steady operating condition, so the only thing a detector can find is the injected bearing wear, which
+    # runs to failure shortly after the published history ends.
+    scenario = simulators.Scenario(
+        name="demo",
+        groups=(simulators.MachineGroup("centrifugal_pump", machines, conditions=("mid",)),),
+        ambient_swing_c=0.0,
+        faults=(simulators.FaultSpec(faulty, "bearing_wear", fault_at_s, duration_s=history_s - fault_at_s + 60),),
+    )
     stage_stop = asyncio.Event()
     subscribed = asyncio.Event()
     ticket: alerts.Ticket | None = None
@@ -66,9 +73,9 @@ async def run_demo(
         result = await simulators.publish_fleet(
             settings.mqtt,
             settings.topic_prefix,
-            spec,
+            scenario,
             stage_stop,
-            steps=int(history_s / spec.sample_period_s),
+            steps=int(history_s / scenario.sample_period_s),
             time_scale=time_scale,
             start_ms=int(time.time() * 1000) - history_s * 1000,
         )

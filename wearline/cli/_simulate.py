@@ -1,52 +1,188 @@
-"""`wearline simulate`: publish a simulated fleet."""
+"""`wearline simulate`: play the plant (live over MQTT, or offline to CSV), and `wearline bench simulate`."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wearline.cli._common import app, run_stage
+from wearline.cli._common import app, bench_app, run_stage, settings_of
 from wearline.settings import Settings
+
+
+class Mode(StrEnum):
+    realtime = "realtime"
+    accelerated = "accelerated"
+    offline = "offline"
+    load = "load"
 
 
 @app.command()
 def simulate(
     ctx: typer.Context,
-    machines: Annotated[int, typer.Option(min=1, help="Number of simulated pumps.")] = 5,
-    period: Annotated[float, typer.Option(min=0.001, help="Simulated seconds between samples.")] = 1.0,
-    time_scale: Annotated[float, typer.Option(min=0.001, help="Simulated seconds per wall-clock second.")] = 1.0,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Scenario TOML file (fleet, regime, faults, gateways); see docs/simulator.md.")
+    ] = None,
+    mode: Annotated[
+        Mode, typer.Option(help="realtime, accelerated (x --time-scale), offline (CSV) or load.")
+    ] = Mode.realtime,
+    machines: Annotated[
+        int | None, typer.Option(min=1, help="Without --scenario: this many pumps (default 5). With it: ignored.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (default: the scenario's); same seed, same stream.")
+    ] = None,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="accelerated: simulated seconds per wall second.")
+    ] = 60.0,
     steps: Annotated[int | None, typer.Option(min=1, help="Samples per machine, then stop (default: run on).")] = None,
+    period: Annotated[float | None, typer.Option(min=0.001, help="Simulated seconds between samples.")] = None,
     fault: Annotated[
         list[str] | None,
-        typer.Option(help="Inject a bearing fault: MACHINE_INDEX:ONSET_SECONDS (repeatable)."),
+        typer.Option(
+            help="Inject a fault: MACHINE:KIND:ONSET_S[:DURATION_S] (KIND: a sensor fault or failure mode), "
+            "or MACHINE:ONSET_S for bearing wear."
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same stream.")] = 42,
-    tenant: Annotated[str, typer.Option()] = "acme",
-    site: Annotated[str, typer.Option()] = "plant1",
-    line: Annotated[str, typer.Option()] = "line1",
+    qos: Annotated[int, typer.Option(min=0, max=1, help="MQTT QoS for telemetry.")] = 1,
+    truth_csv: Annotated[Path | None, typer.Option(help="Write the live run's ground truth to this CSV file.")] = None,
+    truth_db: Annotated[
+        bool, typer.Option(help="Write the live run's ground truth to sim_truth (migrated schema).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="offline: directory for the CSV files.")] = Path("sim-data"),
+    units: Annotated[int, typer.Option(min=1, help="offline: run-to-failure units in train.csv.")] = 100,
+    test_units: Annotated[
+        int | None, typer.Option(min=0, help="offline: truncated units in test.csv (default: --units).")
+    ] = None,
+    duration: Annotated[float, typer.Option(min=1, max=300, help="load: seconds to publish.")] = 20.0,
 ) -> None:
-    """Publish telemetry for a simulated fleet over MQTT."""
-    from simulators import Fault, FleetSpec, publish_fleet
+    """Simulate a fleet: machines with physics, degradation, faults and gateways; ground truth on the side.
 
-    faults = []
-    for f in fault or []:
-        try:
-            index, onset = f.split(":")
-            faults.append(Fault(int(index), float(onset)))
-        except ValueError as exc:
-            raise typer.BadParameter(f"--fault {f!r}: expected MACHINE_INDEX:ONSET_SECONDS, e.g. 2:600") from exc
-        if not 0 <= faults[-1].machine_index < machines:
-            raise typer.BadParameter(f"--fault {f!r}: machine index must be 0..{machines - 1}")
+    Live modes publish to the broker in the settings under topic_prefix; offline writes train/test CSV files.
+    """
+    from simulators import FaultSpec, MachineGroup, Scenario, ScenarioError, load_scenario
+
     try:
-        spec = FleetSpec(tenant, site, line, machines, period, seed, tuple(faults))
-        spec.path(0)
-    except ValueError as exc:
+        sc = (
+            load_scenario(scenario)
+            if scenario is not None
+            else Scenario(groups=(MachineGroup("centrifugal_pump", machines or 5),))
+        )
+        if period is not None:
+            sc = sc.replace(sample_period_s=period)
+        extra = []
+        for f in fault or []:
+            parts = f.split(":")
+            if len(parts) == 2:  # the skeleton's MACHINE:ONSET_S, a bearing fault that fails in two minutes
+                parts = [parts[0], "bearing_wear", parts[1], "120"]
+            usage = f"--fault {f!r}: expected MACHINE:KIND:ONSET_S[:DURATION_S], e.g. 2:bearing_wear:600:300"
+            if len(parts) not in (3, 4):
+                raise typer.BadParameter(usage)
+            target: int | str = int(parts[0]) if parts[0].isdigit() else parts[0]
+            try:
+                onset, length = float(parts[2]), float(parts[3]) if len(parts) == 4 else 60.0
+            except ValueError as exc:
+                raise typer.BadParameter(usage) from exc
+            extra.append(FaultSpec(target, parts[1], onset, length))
+        sc = sc.replace(faults=(*sc.faults, *extra))
+    except (ScenarioError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    run_seed = sc.seed if seed is None else seed
+
+    if mode is Mode.offline:
+        from simulators import write_offline_dataset
+
+        started = time.monotonic()
+        ds = write_offline_dataset(sc, out, units=units, seed=run_seed, test_units=test_units)
+        typer.echo(
+            f"wrote {ds.train_units} train units ({ds.train_rows} rows) and {ds.test_units} test units "
+            f"({ds.test_rows} rows) to {out}/ in {time.monotonic() - started:.1f} s"
+        )
+        return
+    if mode is Mode.load:
+        from simulators import run_load
+
+        settings = settings_of(ctx)
+        result = run_load(
+            settings.mqtt,
+            f"{settings.topic_prefix}-load-{int(time.time())}",
+            sc,
+            machines=machines or 10_000,
+            duration_s=duration,
+            seed=run_seed,
+        )
+        typer.echo(result.text())
+        typer.echo(result.json())
+        return
+
+    scale = 1.0 if mode is Mode.realtime else time_scale
 
     async def main(s: Settings, stop: asyncio.Event) -> None:
-        result = await publish_fleet(s.mqtt, s.topic_prefix, spec, stop, steps=steps, time_scale=time_scale)
-        typer.echo(f"published {result.messages} messages")
+        from simulators import open_truth, publish_fleet
+        from wearline.db import migrate
 
-    run_stage(ctx, "simulate", main, 0)
+        start_ms = int(time.time() * 1000)
+        if truth_db:
+            await migrate(s.database)
+        async with open_truth(
+            sc, seed=run_seed, start_ms=start_ms, database=s.database if truth_db else None, csv_path=truth_csv
+        ) as sink:
+            result = await publish_fleet(
+                s.mqtt,
+                s.topic_prefix,
+                sc,
+                stop,
+                steps=steps,
+                time_scale=scale,
+                start_ms=start_ms,
+                qos=qos,
+                seed=run_seed,
+                truth=sink if (truth_db or truth_csv) else None,
+            )
+        g = result.gateways
+        typer.echo(
+            f"published {result.messages} messages ({result.samples} samples) over {result.steps} steps; "
+            f"gateways: {g.outages} outages, {g.replayed} samples replayed, {g.lost} lost, {g.duplicates} duplicates"
+        )
+
+    try:
+        run_stage(ctx, "simulate", main, 0)
+    except ScenarioError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _load(ctx: typer.Context, sc: object, machines: int, duration: float, seed: int, batch: int) -> None:
+    from simulators import Scenario, run_load
+
+    assert isinstance(sc, Scenario)
+    settings = settings_of(ctx)
+    prefix = f"{settings.topic_prefix}-load-{int(time.time())}"
+    typer.echo(
+        f"load: {machines} machines for {duration:.0f} s at QoS 0, {batch} sample(s) per message, "
+        f"mqtt://{settings.mqtt.host}:{settings.mqtt.port} under {prefix}/"
+    )
+    result = run_load(settings.mqtt, prefix, sc, machines=machines, duration_s=duration, seed=seed, batch_samples=batch)
+    typer.echo(result.text())
+    typer.echo(result.json())
+
+
+@bench_app.command("simulate")
+def bench_simulate(
+    ctx: typer.Context,
+    machines: Annotated[int, typer.Option(min=1, help="Simulated machines in one process.")] = 10_000,
+    duration: Annotated[float, typer.Option(min=1, max=60, help="Seconds to publish.")] = 20.0,
+    batch: Annotated[int, typer.Option(min=1, help="Samples per message.")] = 1,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Scenario whose type mix to scale up (default: all pumps).")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+) -> None:
+    """Publish as fast as one process can at QoS 0 and print messages/s; ends with one JSON line."""
+    from simulators import MachineGroup, Scenario, load_scenario
+
+    sc = load_scenario(scenario) if scenario is not None else Scenario(groups=(MachineGroup("centrifugal_pump", 1),))
+    _load(ctx, sc, machines, duration, seed, batch)

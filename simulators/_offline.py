@@ -1,0 +1,180 @@
+"""Offline mode: run-to-failure histories as CSV files, for training and scoring models without a broker.
+
+The column contract (``docs/simulator.md``) is fixed; other code reads these files by column name.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simulators._fleet import FAULT_LABELS, Fleet, Frame
+from simulators._scenario import MachineGroup, Scenario, load_scenario
+
+__all__ = ["TRAIN_COLUMNS", "TRUTH_COLUMNS", "OfflineDataset", "write_offline_dataset"]
+
+TRAIN_COLUMNS = ("unit", "time", "machine_type", "condition")
+"""The leading columns of train.csv and test.csv; the sensor columns follow."""
+TRUTH_COLUMNS = ("unit", "time", "health", "rul", "fault", "fault_type", "failure_mode")
+
+
+@dataclass(frozen=True)
+class OfflineDataset:
+    """The files one call wrote, and what is in them."""
+
+    train: Path
+    train_truth: Path
+    test: Path
+    test_rul: Path
+    test_truth: Path
+    sensors: tuple[str, ...]
+    train_units: int
+    test_units: int
+    train_rows: int
+    test_rows: int
+
+
+@dataclass
+class _Unit:
+    unit: int
+    mtype: str
+    sensors: tuple[str, ...]
+    rows: list[tuple[float, str, NDArray[np.float64], float, float, int, str]]
+
+
+def _allocate(groups: Sequence[MachineGroup], units: int) -> list[int]:
+    """Split ``units`` over the groups in proportion to their counts (largest remainder)."""
+    weights = np.array([max(g.count, 0) for g in groups], dtype=float)
+    if weights.sum() == 0:
+        weights[:] = 1
+    exact = weights / weights.sum() * units
+    out = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - out))[: units - out.sum()]:
+        out[i] += 1
+    return [int(x) for x in out]
+
+
+def _simulate_units(scenario: Scenario, units: int, seed: int, first_id: int) -> list[_Unit]:
+    counts = _allocate(scenario.groups, units)
+    groups = tuple(
+        MachineGroup(g.type, c, g.line, g.name, g.conditions, "continuous", g.life_scale, g.initial_age)
+        for g, c in zip(scenario.groups, counts, strict=True)
+        if c > 0
+    )
+    sc = scenario.replace(groups=groups, faults=(), maintenance_interval_h=0.0)
+    step_s = sc.offline_step_h * 3600
+    fleet = Fleet(sc, seed=seed, offline=True, step_s=step_s)
+    fail = fleet.failure_times_s()
+    out = [_Unit(first_id + i, fleet.types[i].name, fleet.types[i].sensor_names, []) for i in range(len(fleet.paths))]
+    last_k = math.ceil(float(fail.max()) / step_s - 1e-9)
+    for k in range(last_k + 1):
+        t = k * step_s
+        frames: Iterable[Frame] = fleet.step(t)
+        for fr in frames:
+            conds = fr.mtype.conditions
+            modes = fr.mtype.modes
+            alive = np.nonzero(t <= fail[fr.machines])[0]
+            for r in alive.tolist():
+                out[int(fr.machines[r])].rows.append(
+                    (
+                        t / 3600,
+                        conds[fr.condition[r]].name,
+                        fr.values[r],
+                        float(fr.health[r]),
+                        float(fr.rul_h[r]),
+                        int(fr.fault_code[r]),
+                        modes[fr.failure_mode[r]].name,
+                    )
+                )
+    return out
+
+
+def _fmt(v: float) -> str:
+    return "" if math.isnan(v) else f"{v:.5g}" if abs(v) >= 1e5 else f"{round(v, 4)}"
+
+
+def _write(
+    path: Path,
+    truth_path: Path,
+    units: Sequence[_Unit],
+    sensors: Sequence[str],
+    cuts: dict[int, int] | None,
+) -> int:
+    rows = 0
+    with path.open("w", newline="") as f, truth_path.open("w", newline="") as tf:
+        w, tw = csv.writer(f), csv.writer(tf)
+        w.writerow([*TRAIN_COLUMNS, *sensors])
+        tw.writerow(TRUTH_COLUMNS)
+        for u in units:
+            where = [u.sensors.index(s) if s in u.sensors else -1 for s in sensors]
+            history = u.rows if cuts is None else u.rows[: cuts[u.unit] + 1]
+            for time_h, cond, values, health, rul, code, mode in history:
+                t = f"{round(time_h, 6)}"
+                w.writerow([u.unit, t, u.mtype, cond, *("" if j < 0 else _fmt(float(values[j])) for j in where)])
+                tw.writerow([u.unit, t, round(health, 6), round(rul, 6), int(code > 0), FAULT_LABELS[code], mode])
+                rows += 1
+    return rows
+
+
+def write_offline_dataset(
+    scenario: Scenario | Path | str,
+    out_dir: Path,
+    *,
+    units: int,
+    seed: int,
+    test_units: int | None = None,
+    fault_rate_per_day: float | None = None,
+) -> OfflineDataset:
+    """Simulate ``units`` run-to-failure histories (train) and ``test_units`` more (default: as many) cut short at
+    a random point before failure (test), and write them as CSV files under ``out_dir``.
+
+    ``scenario`` is a :class:`Scenario` or a TOML file; its machine groups set the mix of types (units are split
+    in proportion to the group counts), its ``[offline]`` table the step and life bounds. Train units are numbered
+    ``1..units``, test units continue from there. ``fault_rate_per_day`` overrides the scenario's random sensor
+    faults. The same arguments always write the same files.
+    """
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(Path(scenario))
+    if fault_rate_per_day is not None:
+        sc = sc.replace(fault_rate_per_day=fault_rate_per_day)
+    if units < 1:
+        raise ValueError(f"units must be >= 1, got {units}")
+    n_test = units if test_units is None else test_units
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = np.random.SeedSequence(seed).generate_state(3)
+    train = _simulate_units(sc, units, int(seeds[0]), 1)
+    test = _simulate_units(sc, n_test, int(seeds[1]), units + 1) if n_test > 0 else []
+    sensors: list[str] = []
+    for u in (*train, *test):
+        sensors.extend(s for s in u.sensors if s not in sensors)
+    cut_rng = np.random.default_rng(seeds[2])
+    cuts: dict[int, int] = {}
+    for u in test:
+        last = len(u.rows) - 1  # the failure row
+        lo, hi = max(1, int(0.1 * last)), max(1, int(0.9 * last))
+        cuts[u.unit] = min(int(cut_rng.integers(lo, hi + 1)), max(last - 1, 0))
+    ds = OfflineDataset(
+        train=out_dir / "train.csv",
+        train_truth=out_dir / "train_truth.csv",
+        test=out_dir / "test.csv",
+        test_rul=out_dir / "test_rul.csv",
+        test_truth=out_dir / "test_truth.csv",
+        sensors=tuple(sensors),
+        train_units=len(train),
+        test_units=len(test),
+        train_rows=0,
+        test_rows=0,
+    )
+    train_rows = _write(ds.train, ds.train_truth, train, sensors, None)
+    test_rows = _write(ds.test, ds.test_truth, test, sensors, cuts)
+    with ds.test_rul.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("unit", "rul"))
+        for u in test:
+            w.writerow([u.unit, round(u.rows[cuts[u.unit]][4], 6)])
+    return OfflineDataset(**{**ds.__dict__, "train_rows": train_rows, "test_rows": test_rows})
