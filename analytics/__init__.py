@@ -1,6 +1,65 @@
-"""Analytics: anomaly flags and remaining-useful-life estimates per machine, from committed readings."""
+"""Analytics: anomaly flags and remaining-useful-life estimates per machine, from committed readings.
 
+Every detector follows one streaming contract (:class:`Detector`: ``learn_one``/``score_one`` over feature
+dicts, higher is more anomalous) with thresholds in :class:`Thresholded`; every RUL model fits on run-to-failure
+histories and predicts with an interval (:class:`RulEstimator`). The worker, the offline CLI and the evaluation
+all use these same classes.
+"""
+
+from analytics._base import (
+    AnalyticsError,
+    DataError,
+    Detector,
+    Features,
+    ModelError,
+    RulEstimator,
+    RulPrediction,
+    RunHistory,
+    clone,
+)
+from analytics._batch import BaselineDetector
+from analytics._ewma import EwmaMad
+from analytics._iforest import IsolationForest
+from analytics._mahalanobis import Mahalanobis
+from analytics._offline import AnomalyModel, RulModel, make_detector, make_rul
+from analytics._pca import PcaT2Q
+from analytics._regime import ConditionEncoder, RegimeScaler
+from analytics._rul_gbm import GbmRul
+from analytics._rul_trend import TrendRul
+from analytics._store import load_model, save_model
+from analytics._tabular import Table, read_table, write_rows
+from analytics._threshold import Thresholded
 from analytics._worker import AnalyticsSummary, run_analytics
-from analytics._zscore import RobustZ, ZResult
 
-__all__ = ["AnalyticsSummary", "RobustZ", "ZResult", "run_analytics"]
+__all__ = [
+    "AnalyticsError",
+    "AnalyticsSummary",
+    "AnomalyModel",
+    "BaselineDetector",
+    "ConditionEncoder",
+    "DataError",
+    "Detector",
+    "EwmaMad",
+    "Features",
+    "GbmRul",
+    "IsolationForest",
+    "Mahalanobis",
+    "ModelError",
+    "PcaT2Q",
+    "RegimeScaler",
+    "RulEstimator",
+    "RulModel",
+    "RulPrediction",
+    "RunHistory",
+    "Table",
+    "Thresholded",
+    "TrendRul",
+    "clone",
+    "load_model",
+    "make_detector",
+    "make_rul",
+    "read_table",
+    "run_analytics",
+    "save_model",
+    "write_rows",
+]

@@ -1,12 +1,22 @@
-"""The analytics worker: score each machine's new readings and record anomalies, resuming from a watermark."""
+"""The analytics worker: score each owned machine's new readings, record anomalies and RUL estimates.
+
+Each machine is scored from a stored watermark, in the same transaction that records what the scoring found and
+moves the watermark, so a restarted worker resumes where the last commit left off and no reading is scored
+twice. Machines are split between workers by leases (:mod:`analytics._leases`). A streaming detector's state is
+kept in memory between passes and rebuilt from the rows just before the watermark when it is missing or stale
+(after a restart, or when the machine was another worker's).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -15,143 +25,284 @@ import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from psycopg.types.json import Jsonb
 
-from analytics._zscore import Matrix, RobustZ
+from analytics._base import Matrix, RunHistory
+from analytics._ewma import EwmaMad
+from analytics._leases import claim_machines, release_all
+from analytics._registry import ModelCache
+from analytics._threshold import Thresholded
 from wearline.db import open_pool
 from wearline.settings import Settings
 
 __all__ = ["AnalyticsSummary", "run_analytics"]
 
 log = logging.getLogger(__name__)
-DETECTOR = "robust_z"
+DETECTOR = "ewma_mad"
 MAX_ROWS_PER_PASS = 5000
+RUL_HISTORY_ROWS = 500
 
 
 @dataclass
 class AnalyticsSummary:
+    """What one worker did; ``machines`` are the ones it scored at least one row of."""
+
+    worker: str = ""
     passes: int = 0
     rows_scored: int = 0
     anomalies: int = 0
+    rul_estimates: int = 0
+    machines: set[int] = field(default_factory=set)
 
 
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows = Counter("wearline_analytics_rows_scored_total", "Readings rows scored.", registry=registry)
         self.anomalies = Counter(
-            "wearline_analytics_anomalies_total",
-            "Anomalies recorded, by detector.",
-            ["detector"],
-            registry=registry,
+            "wearline_analytics_anomalies_total", "Anomalies recorded, by detector.", ["detector"], registry=registry
         )
+        self.rul = Counter("wearline_analytics_rul_estimates_total", "RUL estimates recorded.", registry=registry)
         self.pass_seconds = Histogram(
-            "wearline_analytics_pass_seconds", "Time for one pass over all machines.", registry=registry
+            "wearline_analytics_pass_seconds", "Time for one pass over the owned machines.", registry=registry
         )
         self.lag_seconds = Gauge(
-            "wearline_analytics_lag_seconds",
-            "Age of the newest reading scored in the last pass.",
-            registry=registry,
+            "wearline_analytics_lag_seconds", "Age of the newest reading scored in the last pass.", registry=registry
         )
+        self.machines = Gauge("wearline_analytics_machines_owned", "Machines this worker holds.", registry=registry)
 
 
-def _matrix(rows: list[tuple[Any, ...]], col: int) -> Matrix:
-    width = max((len(r[col]) for r in rows), default=0)
+def _matrix(rows: list[tuple[Any, ...]], col: int, width: int) -> Matrix:
     out = np.full((len(rows), width), np.nan)
     for i, r in enumerate(rows):
-        vals = r[col]
+        vals = r[col][:width]
         out[i, : len(vals)] = [np.nan if v is None else v for v in vals]
     return out
 
 
-async def _score_machine(
-    conn: psycopg.AsyncConnection[Any], machine_id: int, settings: Settings, detector: RobustZ
-) -> tuple[int, int, datetime | None]:
-    """Score one machine's rows after its watermark; returns (rows scored, anomalies, newest time)."""
-    an = settings.analytics
-    async with conn.transaction():
-        # Skip a machine another worker is scoring right now instead of doing its work twice.
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('wearline-analytics'), %s)", [machine_id])
-        locked = await cur.fetchone()
-        if not locked or not locked[0]:
-            return 0, 0, None
-        cur = await conn.execute(
-            "SELECT last_time FROM analytics_watermarks WHERE machine_id = %s AND detector = %s FOR UPDATE",
-            [machine_id, DETECTOR],
-        )
-        wm_row = await cur.fetchone()
-        watermark = wm_row[0] if wm_row else None
-        cur = await conn.execute(
-            """SELECT time, vals FROM readings WHERE machine_id = %s AND (%s::timestamptz IS NULL OR time > %s)
-               ORDER BY time LIMIT %s""",
-            [machine_id, watermark, watermark, MAX_ROWS_PER_PASS],
-        )
-        new = await cur.fetchall()
-        if not new:
-            return 0, 0, None
-        anomalies = 0
-        if watermark is None:
-            # Nothing scored yet: the first rows become the baseline and are not scored themselves.
-            scored = new[an.baseline_rows :]
-            if not scored:
-                if len(new) >= an.baseline_rows:
-                    await _set_watermark(conn, machine_id, new[-1][0])
-                return 0, 0, None
-            baseline_rows = new[: an.baseline_rows]
-        else:
-            scored = new
+@dataclass
+class _Stream:
+    last: datetime
+    detector: EwmaMad
+
+
+class _Scorer:
+    """One worker's scoring of one machine at a time, with the streaming states it keeps between passes."""
+
+    def __init__(self, settings: Settings, models: ModelCache) -> None:
+        self.settings = settings
+        self.models = models
+        self.streams: dict[int, _Stream] = {}
+
+    def _fresh(self) -> EwmaMad:
+        an = self.settings.analytics
+        return EwmaMad(warmup=min(60, an.baseline_rows), slow_span=float(an.baseline_rows))
+
+    async def score(self, conn: psycopg.AsyncConnection[Any], machine_id: int) -> tuple[int, int, int, datetime | None]:
+        """Score rows after the watermark; returns (rows, anomalies, rul estimates, newest time)."""
+        an = self.settings.analytics
+        async with conn.transaction():
+            # Belt and braces under the lease: never two transactions on one machine's watermark at once.
             cur = await conn.execute(
-                "SELECT time, vals FROM readings WHERE machine_id = %s AND time <= %s ORDER BY time DESC LIMIT %s",
-                [machine_id, watermark, an.baseline_rows],
+                "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || 'wearline-analytics'), %s)",
+                [machine_id],
             )
-            baseline_rows = await cur.fetchall()
-        result = detector.score(_matrix(baseline_rows, 1), _matrix(scored, 1))
-        flagged = np.flatnonzero(result.flagged)
-        if len(flagged) >= an.min_flagged:
-            z = np.nan_to_num(result.z[flagged], nan=0.0)
-            per_sensor = z.max(axis=0)
-            top = np.argsort(per_sensor)[::-1]
-            cur = await conn.execute("SELECT position, name FROM sensors WHERE machine_id = %s", [machine_id])
-            names = dict(await cur.fetchall())
-            drivers = [names.get(int(p) + 1, f"#{int(p) + 1}") for p in top if per_sensor[p] > detector.threshold]
+            locked = await cur.fetchone()
+            if not locked or not locked[0]:
+                return 0, 0, 0, None
             cur = await conn.execute(
-                """INSERT INTO anomalies (machine_id, time, detector, score, threshold, sensors, details)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                [
+                "SELECT last_time FROM analytics_watermarks WHERE machine_id = %s AND detector = %s FOR UPDATE",
+                [machine_id, DETECTOR],
+            )
+            wm_row = await cur.fetchone()
+            watermark = wm_row[0] if wm_row else None
+            cur = await conn.execute(
+                """SELECT time, vals FROM readings WHERE machine_id = %s AND (%s::timestamptz IS NULL OR time > %s)
+                   ORDER BY time LIMIT %s""",
+                [machine_id, watermark, watermark, MAX_ROWS_PER_PASS],
+            )
+            new = await cur.fetchall()
+            if not new:
+                return 0, 0, 0, None
+            cur = await conn.execute(
+                """SELECT s.position, s.name, t.name FROM sensors s JOIN machines m USING (machine_id)
+                   LEFT JOIN machine_types t ON t.type_id = m.type_id WHERE s.machine_id = %s ORDER BY s.position""",
+                [machine_id],
+            )
+            meta = await cur.fetchall()
+            names = [r[1] for r in meta]
+            mtype = meta[0][2] if meta and meta[0][2] else None
+            width = max(len(names), *(len(r[1]) for r in new))
+            names += [f"#{i + 1}" for i in range(len(names), width)]
+            stream = self.streams.get(machine_id)
+            if stream is None or watermark is None or stream.last != watermark:
+                det = self._fresh()
+                det.set_features(names)
+                if watermark is not None:
+                    cur = await conn.execute(
+                        """SELECT time, vals FROM readings WHERE machine_id = %s AND time <= %s
+                           ORDER BY time DESC LIMIT %s""",
+                        [machine_id, watermark, an.baseline_rows],
+                    )
+                    det.learn_many(_matrix((await cur.fetchall())[::-1], 1, width))
+                stream = _Stream(new[-1][0], det)
+            det = stream.detector
+            det.set_features(names)
+            x = _matrix(new, 1, width)
+            per = det.sensor_scores(x)
+            wrapper = Thresholded(det, threshold=an.z_threshold, persistence=an.min_flagged)
+            flags = wrapper.flag_many(per.max(axis=1, initial=0.0))
+            anomalies = 0
+            if flags.any():
+                anomalies += await _record(
+                    conn,
                     machine_id,
-                    scored[int(flagged[0])][0],
-                    DETECTOR,
-                    float(per_sensor.max()),
-                    detector.threshold,
-                    drivers,
-                    Jsonb(
-                        {
-                            "flagged_rows": len(flagged),
-                            "scored_rows": len(scored),
-                            "z": {
-                                names.get(int(p) + 1, f"#{int(p) + 1}"): round(float(per_sensor[p]), 2) for p in top[:5]
-                            },
-                        }
-                    ),
-                ],
+                    new=new,
+                    per=per,
+                    flags=flags,
+                    names=names,
+                    detector=DETECTOR,
+                    threshold=an.z_threshold,
+                )
+            anomalies += await self._multivariate(
+                conn=conn, machine_id=machine_id, mtype=mtype, names=names, new=new, x=x
             )
-            anomalies = cur.rowcount
-        await _set_watermark(conn, machine_id, scored[-1][0])
-        return len(scored), anomalies, scored[-1][0]
+            ruls = await self._rul(conn, machine_id, mtype, names, new[-1][0])
+            await conn.execute(
+                """INSERT INTO analytics_watermarks (machine_id, detector, last_time) VALUES (%s, %s, %s)
+                   ON CONFLICT (machine_id, detector) DO UPDATE SET last_time = excluded.last_time,
+                   updated_at = now()""",
+                [machine_id, DETECTOR, new[-1][0]],
+            )
+        stream.last = new[-1][0]
+        self.streams[machine_id] = stream
+        return len(new), anomalies, ruls, new[-1][0]
+
+    async def _multivariate(
+        self,
+        *,
+        conn: psycopg.AsyncConnection[Any],
+        machine_id: int,
+        mtype: str | None,
+        names: list[str],
+        new: list[tuple[Any, ...]],
+        x: Matrix,
+    ) -> int:
+        model = await self.models.anomaly(conn, mtype) if mtype else None
+        if model is None:
+            return 0
+        version, am = model
+        det = am.detector.detector
+        cols = [*am.features, *am.condition]
+        idx = {n: i for i, n in enumerate(names)}
+        absent = [f for f in am.features if f not in idx]
+        if absent:
+            # A model trained on other sensor names would flag every row as a dropout: skip it, loudly.
+            log.warning("machine %d: %s model %s needs sensors it lacks: %s", machine_id, mtype, version, absent)
+            return 0
+        rows = np.column_stack([x[:, idx[c]] if c in idx else np.full(len(x), np.nan) for c in cols])
+        scores = det.score_many(rows)
+        flags = Thresholded(det, threshold=am.detector.threshold, persistence=am.detector.persistence).flag_many(scores)
+        if not flags.any():
+            return 0
+        per = det.contributions(rows)
+        name = f"{type(det).__name__.lower()}:{version}"
+        return await _record(
+            conn,
+            machine_id,
+            new=new,
+            per=per,
+            flags=flags,
+            names=list(det.feature_names),
+            detector=name,
+            threshold=float(am.detector.threshold or 0),
+        )
+
+    async def _rul(
+        self, conn: psycopg.AsyncConnection[Any], machine_id: int, mtype: str | None, names: list[str], last: datetime
+    ) -> int:
+        model = await self.models.rul(conn, mtype) if mtype else None
+        if model is None:
+            return 0
+        version, rm = model
+        est = rm.estimators.get(mtype or "") or rm.estimators.get("all")
+        if est is None:
+            return 0
+        cur = await conn.execute(
+            "SELECT time, vals FROM readings WHERE machine_id = %s AND time <= %s ORDER BY time DESC LIMIT %s",
+            [machine_id, last, RUL_HISTORY_ROWS],
+        )
+        hist = (await cur.fetchall())[::-1]
+        width = max(len(names), *(len(r[1]) for r in hist))
+        full = _matrix(hist, 1, width)
+        idx = {n: i for i, n in enumerate(names)}
+        vals = np.column_stack([full[:, idx[f]] if f in idx else np.full(len(full), np.nan) for f in rm.features])
+        hours = np.array([r[0].timestamp() / 3600.0 for r in hist])
+        # Age counts from the machine's first reading, as training counted from each unit's start.
+        cur = await conn.execute("SELECT min(time) FROM readings WHERE machine_id = %s", [machine_id])
+        first = await cur.fetchone()
+        start = first[0].timestamp() / 3600.0 if first and first[0] else None
+        pred = est.predict([RunHistory(str(machine_id), hours, vals, None, failed=False, start=start)])[0]
+        await conn.execute(
+            """INSERT INTO rul_estimates (machine_id, time, model, model_version, rul_hours, lower_hours, upper_hours)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            [machine_id, last, type(est).__name__, version, pred.rul, pred.lower, pred.upper],
+        )
+        return 1
 
 
-async def _set_watermark(conn: psycopg.AsyncConnection[Any], machine_id: int, last: datetime) -> None:
-    await conn.execute(
-        """INSERT INTO analytics_watermarks (machine_id, detector, last_time) VALUES (%s, %s, %s)
-           ON CONFLICT (machine_id, detector) DO UPDATE SET last_time = excluded.last_time, updated_at = now()""",
-        [machine_id, DETECTOR, last],
+async def _record(
+    conn: psycopg.AsyncConnection[Any],
+    machine_id: int,
+    *,
+    new: list[tuple[Any, ...]],
+    per: Matrix,
+    flags: np.ndarray,
+    names: list[str],
+    detector: str,
+    threshold: float,
+) -> int:
+    """One anomaly row per pass and detector: at the first flagged row, naming the sensors that drove it."""
+    flagged = np.flatnonzero(flags)
+    worst = per[flagged].max(axis=0)
+    order = np.argsort(-worst)
+    drivers = [names[i] for i in order if worst[i] > threshold] or [names[int(order[0])]]
+    cur = await conn.execute(
+        """INSERT INTO anomalies (machine_id, time, detector, score, threshold, sensors, details)
+           VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+        [
+            machine_id,
+            new[int(flagged[0])][0],
+            detector,
+            float(worst.max()),
+            threshold,
+            drivers,
+            Jsonb(
+                {
+                    "flagged_rows": len(flagged),
+                    "scored_rows": len(new),
+                    "scores": {names[i]: round(float(worst[i]), 2) for i in order[:5]},
+                }
+            ),
+        ],
     )
+    return cur.rowcount
+
+
+def default_worker_id() -> str:
+    """host:pid:random, unique per process start."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 async def run_analytics(
-    settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY
+    settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY, worker: str | None = None
 ) -> AnalyticsSummary:
-    """Score new readings every ``analytics.poll_interval_s`` until ``stop`` is set; a pass in progress finishes."""
+    """Score new readings every ``analytics.poll_interval_s`` until ``stop`` is set; a pass in progress finishes.
+
+    Several workers (``worker`` names each; default host:pid:random) split the machines between them; on stop
+    this one hands its machines back at once.
+    """
     metrics = _Metrics(registry)
-    detector = RobustZ(settings.analytics.z_threshold)
-    summary = AnalyticsSummary()
+    summary = AnalyticsSummary(worker=worker or default_worker_id())
+    lease_s = max(5.0, 5 * settings.analytics.poll_interval_s)
+    scorer = _Scorer(settings, ModelCache())
     pool = await open_pool(settings.database, name="analytics")
     try:
         while not stop.is_set():
@@ -159,14 +310,19 @@ async def run_analytics(
             newest: datetime | None = None
             try:
                 async with pool.connection() as conn:
-                    cur = await conn.execute("SELECT machine_id FROM machines ORDER BY machine_id")
-                    for (machine_id,) in await cur.fetchall():
-                        rows, found, last = await _score_machine(conn, machine_id, settings, detector)
+                    owned = await claim_machines(conn, summary.worker, lease_s)
+                    metrics.machines.set(len(owned))
+                    for machine_id in owned:
+                        rows, found, ruls, last = await scorer.score(conn, machine_id)
+                        if rows:
+                            summary.machines.add(machine_id)
                         summary.rows_scored += rows
                         summary.anomalies += found
+                        summary.rul_estimates += ruls
                         metrics.rows.inc(rows)
+                        metrics.rul.inc(ruls)
                         if found:
-                            metrics.anomalies.labels(DETECTOR).inc(found)
+                            metrics.anomalies.labels("any").inc(found)
                             log.info("machine %d: anomaly recorded", machine_id)
                         if last is not None and (newest is None or last > newest):
                             newest = last
@@ -178,12 +334,18 @@ async def run_analytics(
                 metrics.lag_seconds.set(max(0.0, time.time() - newest.timestamp()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.analytics.poll_interval_s)
+        with contextlib.suppress(psycopg.OperationalError):
+            async with pool.connection() as conn:
+                await release_all(conn, summary.worker)
     finally:
         await pool.close()
         log.info(
-            "analytics stopped: %d passes, %d rows scored, %d anomalies",
+            "analytics %s stopped: %d passes, %d rows scored on %d machines, %d anomalies, %d RUL estimates",
+            summary.worker,
             summary.passes,
             summary.rows_scored,
+            len(summary.machines),
             summary.anomalies,
+            summary.rul_estimates,
         )
     return summary

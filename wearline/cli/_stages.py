@@ -31,11 +31,19 @@ def ingest(
 
 
 @app.command()
-def analytics(ctx: typer.Context) -> None:
-    """Score new readings and record anomalies."""
+def analytics(
+    ctx: typer.Context,
+    worker: Annotated[
+        str | None, typer.Option(help="This worker's name among several (default: host:pid:random).")
+    ] = None,
+) -> None:
+    """Score new readings, record anomalies and RUL estimates; several workers split the machines."""
     from analytics import run_analytics
 
-    run_stage(ctx, "analytics", run_analytics, settings_of(ctx).analytics.metrics_port)
+    async def main(s: Settings, stop: asyncio.Event) -> None:
+        await run_analytics(s, stop, worker=worker)
+
+    run_stage(ctx, "analytics", main, settings_of(ctx).analytics.metrics_port)
 
 
 @app.command()

@@ -1,0 +1,226 @@
+"""`wearline eval`: anomaly and RUL figures on a held-out fleet written as train/test CSV files with truth."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from analytics._base import DataError, Vector, clone
+from analytics._offline import AnomalyModel, DetectorName, RulModel, RulName, default_features
+from analytics._tabular import Table, read_table
+from analytics._threshold import Thresholded
+
+__all__ = ["EventCounts", "anomaly_metrics", "evaluate_dir", "phm08_score", "rul_metrics"]
+
+Flags = npt.NDArray[np.bool_]
+
+
+@dataclass
+class EventCounts:
+    """Event-level outcome of alarms against labelled fault intervals."""
+
+    events: int = 0
+    detected: int = 0
+    alarm_episodes: int = 0
+    true_alarm_episodes: int = 0
+    false_alarms: int = 0
+    hours: float = 0.0
+    delays_h: list[float] | None = None
+
+
+def _episodes(mask: Flags) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), (np.flatnonzero(d == -1) - 1).tolist(), strict=True))
+
+
+def count_events(time: Vector, fault: Flags, flags: Flags, grace_h: float, counts: EventCounts) -> None:
+    """Add one unit's alarms (``flags``) against its truth (``fault``) to ``counts``.
+
+    A fault event is detected when an alarm starts inside it or within ``grace_h`` after it ends; an alarm
+    episode that touches no event (give or take ``grace_h``) is a false alarm.
+    """
+    if counts.delays_h is None:
+        counts.delays_h = []
+    events = _episodes(fault)
+    counts.events += len(events)
+    counts.hours += float(time[-1] - time[0]) if len(time) else 0.0
+    alarms = _episodes(flags)
+    counts.alarm_episodes += len(alarms)
+    for s, e in events:
+        hit = np.flatnonzero(flags & (time >= time[s]) & (time <= time[e] + grace_h))
+        if len(hit):
+            counts.detected += 1
+            counts.delays_h.append(float(time[hit[0]] - time[s]))
+    for s, e in alarms:
+        near = any(time[s] <= time[fe] + grace_h and time[e] >= time[fs] - 0.0 for fs, fe in events)
+        if near:
+            counts.true_alarm_episodes += 1
+        else:
+            counts.false_alarms += 1
+
+
+def anomaly_metrics(c: EventCounts) -> dict[str, float]:
+    """Precision (alarm episodes that were real), recall (events caught), F1, false alarms per machine-day,
+    and median/mean detection delay in hours."""
+    precision = c.true_alarm_episodes / c.alarm_episodes if c.alarm_episodes else 1.0
+    recall = c.detected / c.events if c.events else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    delays = c.delays_h or []
+    return {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "false_alarms_per_machine_day": round(c.false_alarms / (c.hours / 24.0), 4) if c.hours else 0.0,
+        "detection_delay_h_median": round(float(np.median(delays)), 3) if delays else math.nan,
+        "detection_delay_h_mean": round(float(np.mean(delays)), 3) if delays else math.nan,
+        "events": c.events,
+        "alarm_episodes": c.alarm_episodes,
+        "false_alarms": c.false_alarms,
+    }
+
+
+def phm08_score(error: Vector) -> float:
+    """PHM08 challenge score, sum over units of exp(-d/13)-1 for early (d<0) and exp(d/10)-1 for late
+    predictions, d = predicted - true RUL in the data's time unit (late costs more)."""
+    d = np.asarray(error, dtype=np.float64)
+    return float(np.sum(np.where(d < 0, np.exp(-d / 13.0) - 1.0, np.exp(np.minimum(d, 700.0) / 10.0) - 1.0)))
+
+
+def rul_metrics(true: Vector, pred: Vector, lower: Vector, upper: Vector, mean_life: float) -> dict[str, float]:
+    """RMSE, MAE (hours and share of mean life), PHM08 score and interval coverage."""
+    err = pred - true
+    rmse = float(np.sqrt(np.mean(err**2)))
+    return {
+        "rul_rmse_h": round(rmse, 3),
+        "rul_mae_h": round(float(np.mean(np.abs(err))), 3),
+        "rul_rmse_share_of_mean_life": round(rmse / mean_life, 4) if mean_life else math.nan,
+        "rul_phm08_score": round(phm08_score(err), 3),
+        "rul_interval_coverage": round(float(np.mean((lower <= true) & (true <= upper))), 4),
+        "rul_interval_width_h_mean": round(float(np.mean(upper - lower)), 3),
+        "mean_life_h": round(mean_life, 3),
+        "units": len(true),
+    }
+
+
+def _truth_by_row(data: Table, truth: Table, unit: str, time: str) -> dict[tuple[str, float], int]:
+    t = truth.numeric(time) if truth.is_numeric(time) else truth.hours(time)
+    fault = truth.numeric("fault")
+    return {(u, float(tt)): int(f > 0) for u, tt, f in zip(truth.cols[unit], t, fault, strict=True)}
+
+
+def evaluate_dir(
+    folder: Path,
+    *,
+    detectors: Sequence[DetectorName] = ("pca", "mahalanobis", "ewma"),
+    ruls: Sequence[RulName] = ("gbm", "trend"),
+    persistence: int = 3,
+    grace_h: float = 24.0,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fit on ``train.csv`` (+ ``train_truth.csv``), score ``test.csv`` against ``test_truth.csv`` and
+    ``test_rul.csv``; returns the figures (best detector and RUL model by F1 and RMSE, and each one's)."""
+    names = {n: folder / f"{n}.csv" for n in ("train", "train_truth", "test", "test_rul", "test_truth")}
+    for n, p in names.items():
+        if not p.is_file():
+            raise DataError(f"{folder}: {n}.csv is missing (expected train, train_truth, test, test_rul, test_truth)")
+    train, train_truth = read_table(names["train"]), read_table(names["train_truth"])
+    test, test_truth, test_rul = (
+        read_table(names["test"]),
+        read_table(names["test_truth"]),
+        read_table(names["test_rul"]),
+    )
+    unit, time = "unit", "time"
+    by = "machine_type" if "machine_type" in train.names else None
+    condition = [c for c in ("condition",) if c in train.names]
+    features = default_features(train, [unit, time, *condition, *([by] if by else [])])
+    out: dict[str, Any] = {"folder": str(folder), "features": len(features), "persistence": persistence}
+
+    # -- RUL -----------------------------------------------------------------------------------------------
+    truth_rul = dict(zip(test_rul.cols[unit], test_rul.numeric("rul"), strict=True))
+    lives: list[float] = []
+    tt = train.hours(time)
+    for u in dict.fromkeys(train.cols[unit]):
+        m = np.array(train.cols[unit]) == u
+        lives.append(float(tt[m].max() - tt[m].min()))
+    mean_life = float(np.mean(lives))
+    rul_results: dict[str, dict[str, float]] = {}
+    for name in ruls:
+        model = RulModel.fit(
+            train, unit=unit, time=time, features=features, condition=condition, by=by, model=name, seed=seed
+        )
+        preds = model.predict(test)
+        true = np.array([truth_rul[p.unit] for p in preds])
+        rul_results[name] = rul_metrics(
+            true,
+            np.array([p.rul for p in preds]),
+            np.array([p.lower for p in preds]),
+            np.array([p.upper for p in preds]),
+            mean_life,
+        )
+        echo(f"rul {name:8s} {rul_results[name]}")
+    best_rul = min(rul_results, key=lambda k: rul_results[k]["rul_rmse_h"])
+    out.update({"rul_model": best_rul, **rul_results[best_rul], "rul_all": rul_results})
+
+    # -- anomalies -----------------------------------------------------------------------------------------
+    ttrain = _truth_by_row(train, train_truth, unit, time)
+    ttest = _truth_by_row(test, test_truth, unit, time)
+    det_results: dict[str, dict[str, float]] = {}
+    train_t, test_t = train.hours(time), test.hours(time)
+    groups_train = np.array(train.cols[by]) if by else np.full(len(train), "all")
+    groups_test = np.array(test.cols[by]) if by else np.full(len(test), "all")
+    for det_name in detectors:
+        counts = EventCounts()
+        for g in dict.fromkeys(groups_test.tolist()):
+            # Normal operation to learn from: training rows labelled fault-free in the first half of each life.
+            normal = np.array(
+                [
+                    gt == g and not ttrain.get((u, float(t)), 0)
+                    for gt, u, t in zip(groups_train, train.cols[unit], train_t, strict=True)
+                ]
+            )
+            normal &= _early(train, unit, train_t, 0.5)
+            sub = _subset(train, normal)
+            amodel = AnomalyModel.fit(
+                sub, features=features, condition=condition, detector=det_name, persistence=persistence, seed=seed
+            )
+            for u in dict.fromkeys(np.array(test.cols[unit])[groups_test == g].tolist()):
+                rows = np.flatnonzero(np.array(test.cols[unit]) == u)
+                rows = rows[np.argsort(test_t[rows], kind="stable")]
+                part = _subset(test, rows)
+                det = clone(amodel.detector.detector) if det_name == "ewma" else amodel.detector.detector
+                if det_name == "ewma":
+                    det.set_features(amodel.detector.detector.feature_names)
+                wrapper = Thresholded(det, threshold=amodel.detector.threshold, persistence=persistence)
+                mat = amodel.matrix(part)
+                scores = det.process_many(mat) if det_name == "ewma" else det.score_many(mat)
+                flags = wrapper.flag_many(scores)
+                fault = np.array([bool(ttest.get((u, float(t)), 0)) for t in test_t[rows]])
+                count_events(test_t[rows], fault, flags, grace_h, counts)
+        det_results[det_name] = anomaly_metrics(counts)
+        echo(f"anomaly {det_name:12s} {det_results[det_name]}")
+    best = max(det_results, key=lambda k: (det_results[k]["f1"], -det_results[k]["false_alarms_per_machine_day"]))
+    out.update({"detector": best, **det_results[best], "anomaly_all": det_results})
+    return out
+
+
+def _early(table: Table, unit: str, t: Vector, share: float) -> Flags:
+    units = np.array(table.cols[unit])
+    out = np.zeros(len(t), dtype=bool)
+    for u in dict.fromkeys(units.tolist()):
+        m = units == u
+        lo, hi = t[m].min(), t[m].max()
+        out[m] = t[m] <= lo + share * (hi - lo)
+    return out
+
+
+def _subset(table: Table, rows: npt.NDArray[Any]) -> Table:
+    idx = np.flatnonzero(rows) if rows.dtype == bool else rows
+    return Table(table.path, table.names, {n: [v[i] for i in idx] for n, v in table.cols.items()})

@@ -1,0 +1,224 @@
+"""The offline interface's models: RUL and anomaly bundles that remember their columns, built from tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from analytics._base import DataError, Detector, Matrix, RulEstimator, RulPrediction, RunHistory, Vector
+from analytics._ewma import EwmaMad
+from analytics._iforest import IsolationForest
+from analytics._mahalanobis import Mahalanobis
+from analytics._pca import PcaT2Q
+from analytics._regime import ConditionEncoder
+from analytics._rul_gbm import GbmRul
+from analytics._rul_trend import TrendRul
+from analytics._tabular import Table
+from analytics._threshold import Thresholded
+
+__all__ = ["AnomalyModel", "DetectorName", "RulModel", "RulName", "default_features", "make_detector", "make_rul"]
+
+DetectorName = Literal["pca", "mahalanobis", "iforest", "ewma"]
+RulName = Literal["gbm", "trend"]
+
+
+def make_detector(name: DetectorName, condition: Sequence[str] = (), seed: int = 0) -> Detector:
+    """A fresh detector by name."""
+    if name == "pca":
+        return PcaT2Q(condition=condition, seed=seed)
+    if name == "mahalanobis":
+        return Mahalanobis(condition=condition, seed=seed)
+    if name == "iforest":
+        return IsolationForest(condition=condition, seed=seed)
+    return EwmaMad(condition=condition)
+
+
+def make_rul(name: RulName, coverage: float = 0.9, seed: int = 0) -> RulEstimator:
+    """A fresh RUL estimator by name."""
+    return GbmRul(coverage=coverage, seed=seed) if name == "gbm" else TrendRul(coverage=coverage, seed=seed)
+
+
+def default_features(table: Table, exclude: Sequence[str]) -> list[str]:
+    """Every numeric column not named in ``exclude`` and not an unnamed index column."""
+    out = [
+        n
+        for n in table.names
+        if n not in exclude and not n.startswith("column") and n.lower() not in {"index", ""} and table.is_numeric(n)
+    ]
+    if not out:
+        raise DataError(f"{table.path}: no numeric feature columns besides {', '.join(exclude)}")
+    return out
+
+
+@dataclass
+class _Conditions:
+    """Condition columns to regime codes; text columns (a product, a recipe) are categories."""
+
+    columns: list[str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    encoder: ConditionEncoder = field(default_factory=ConditionEncoder)
+
+    def matrix(self, table: Table) -> Matrix:
+        table.need(self.columns, "condition")
+        cols = []
+        for c in self.columns:
+            if c in self.categories or not table.is_numeric(c):
+                known = self.categories.setdefault(c, sorted(set(table.cols[c])))
+                cols.append(np.array([known.index(v) if v in known else -1 for v in table.cols[c]], dtype=float))
+            else:
+                cols.append(table.numeric(c))
+        return np.column_stack(cols) if cols else np.zeros((len(table), 0))
+
+    def fit_codes(self, table: Table) -> np.ndarray | None:
+        if not self.columns:
+            return None
+        m = self.matrix(table)
+        self.encoder = ConditionEncoder().fit(m)
+        return self.encoder.transform(m)
+
+    def codes(self, table: Table) -> np.ndarray | None:
+        return self.encoder.transform(self.matrix(table)) if self.columns else None
+
+
+def _runs(
+    table: Table, *, unit: str, time: str, features: list[str], codes: np.ndarray | None, rows: np.ndarray | None = None
+) -> list[RunHistory]:
+    t = table.hours(time)
+    units = np.array(table.cols[unit])
+    vals = np.column_stack([table.numeric(f) for f in features])
+    idx_all = np.arange(len(t)) if rows is None else rows
+    runs = []
+    for u in dict.fromkeys(units[idx_all].tolist()):
+        idx = idx_all[units[idx_all] == u]
+        idx = idx[np.argsort(t[idx], kind="stable")]
+        if np.any(~np.isfinite(t[idx])):
+            raise DataError(f"{table.path}: unit {u} has missing times in column {time!r}")
+        runs.append(RunHistory(str(u), t[idx], vals[idx], None if codes is None else codes[idx]))
+    return runs
+
+
+@dataclass
+class RulModel:
+    """RUL models (one per group, for example per machine type) plus the columns they read."""
+
+    unit: str
+    time: str
+    features: list[str]
+    conditions: _Conditions
+    by: str | None
+    estimators: dict[str, RulEstimator]
+    life_hours: dict[str, float]
+
+    @classmethod
+    def fit(
+        cls,
+        table: Table,
+        *,
+        unit: str,
+        time: str,
+        features: Sequence[str] | None = None,
+        condition: Sequence[str] = (),
+        by: str | None = None,
+        model: RulName = "gbm",
+        coverage: float = 0.9,
+        seed: int = 0,
+    ) -> RulModel:
+        table.need([unit, time], "unit/time")
+        if by:
+            table.need([by], "group (--by)")
+        feats = list(features) if features else default_features(table, [unit, time, *condition, *([by] if by else [])])
+        table.need(feats, "feature")
+        for f in feats:
+            table.numeric(f)
+        conds = _Conditions(list(condition))
+        codes = conds.fit_codes(table)
+        groups = np.array(table.cols[by]) if by else np.full(len(table), "all")
+        estimators: dict[str, RulEstimator] = {}
+        lives: dict[str, float] = {}
+        for g in dict.fromkeys(groups.tolist()):
+            runs = _runs(table, unit=unit, time=time, features=feats, codes=codes, rows=np.flatnonzero(groups == g))
+            est = make_rul(model, coverage, seed)
+            estimators[str(g)] = est.fit(runs, feats)
+            lives[str(g)] = float(np.mean([r.time[-1] - r.time[0] for r in runs]))
+        return cls(unit, time, feats, conds, by, estimators, lives)
+
+    def predict(self, table: Table) -> list[RulPrediction]:
+        """One prediction per unit of ``table``, at its last time."""
+        table.need([self.unit, self.time, *self.features], "model's")
+        groups = np.array(table.cols[self.by]) if self.by else np.full(len(table), "all")
+        codes = self.conditions.codes(table)
+        out: list[RulPrediction] = []
+        for g in dict.fromkeys(groups.tolist()):
+            est = self.estimators.get(str(g))
+            if est is None:
+                raise DataError(f"{table.path}: no model for {self.by} {g!r}; trained for {sorted(self.estimators)}")
+            out.extend(
+                est.predict(
+                    _runs(
+                        table,
+                        unit=self.unit,
+                        time=self.time,
+                        features=self.features,
+                        codes=codes,
+                        rows=np.flatnonzero(groups == g),
+                    )
+                )
+            )
+        return out
+
+
+@dataclass
+class AnomalyModel:
+    """A thresholded detector plus the feature and condition columns it reads."""
+
+    features: list[str]
+    condition: list[str]
+    detector: Thresholded
+    conditions: _Conditions | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        table: Table,
+        *,
+        features: Sequence[str] | None = None,
+        condition: Sequence[str] = (),
+        detector: DetectorName = "mahalanobis",
+        persistence: int = 1,
+        seed: int = 0,
+    ) -> AnomalyModel:
+        feats = list(features) if features else default_features(table, list(condition))
+        table.need([*feats, *condition], "feature/condition")
+        det = make_detector(detector, condition, seed)
+        det.set_features([*feats, *condition])
+        model = cls(feats, list(condition), Thresholded(det, persistence=persistence), _Conditions(list(condition)))
+        model.detector.calibrate(model.matrix(table))
+        return model
+
+    def matrix(self, table: Table) -> Matrix:
+        """The detector's input: the features, then the condition columns (text conditions as category codes)."""
+        table.need([*self.features, *self.condition], "model's")
+        rows = _matrix(table, self.features)
+        if self.conditions is not None and self.condition:
+            rows = np.hstack([rows, self.conditions.matrix(table)])
+        return rows
+
+    def score(self, table: Table) -> tuple[Vector, np.ndarray]:
+        """Score and flag each row of ``table`` (in file order)."""
+        scores = self.detector.detector.score_many(self.matrix(table))
+        return scores, self.detector.flag_many(scores)
+
+    def drivers(self, table: Table, top: int = 3) -> list[list[str]]:
+        """The ``top`` features that drove each row's score."""
+        det = self.detector.detector
+        c = det.contributions(self.matrix(table))
+        names = det.feature_names
+        order = np.argsort(-c, axis=1)[:, :top]
+        return [[names[j] for j in row] for row in order]
+
+
+def _matrix(table: Table, cols: Sequence[str]) -> Matrix:
+    return np.column_stack([table.numeric(c) for c in cols])

@@ -1,0 +1,78 @@
+"""The model registry in the database: register a model file for a machine type; the worker loads the newest."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from analytics._base import ModelError
+from analytics._offline import AnomalyModel, RulModel
+from analytics._store import load_model
+
+__all__ = ["ModelCache", "read_model_file", "register_model"]
+
+
+def read_model_file(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The model file's bytes and metadata, checked against each other."""
+    try:
+        kind = json.loads(path.with_name(path.name + ".json").read_text()).get("kind", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model {path}: cannot read its sidecar {path.name}.json: {exc}") from exc
+    _, meta = load_model(path, kind)
+    return path.read_bytes(), meta
+
+
+async def register_model(
+    conn: psycopg.AsyncConnection[Any], blob: bytes, meta: dict[str, Any], machine_type: str
+) -> str:
+    """Store a model (from :func:`read_model_file`) for ``machine_type``; returns its version."""
+    await conn.execute(
+        """INSERT INTO models (kind, machine_type, version, metadata, blob) VALUES (%s, %s, %s, %s, %s)
+           ON CONFLICT (kind, machine_type, version) DO NOTHING""",
+        [meta["kind"], machine_type, meta["version"], Jsonb(meta), blob],
+    )
+    return str(meta["version"])
+
+
+class ModelCache:
+    """Newest model per kind and machine type, unpickled once per version."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], tuple[str, object]] = {}
+
+    async def _get(self, conn: psycopg.AsyncConnection[Any], kind: str, machine_type: str) -> tuple[str, object] | None:
+        cur = await conn.execute(
+            "SELECT version FROM models WHERE kind = %s AND machine_type = %s ORDER BY created_at DESC, model_id DESC LIMIT 1",
+            [kind, machine_type],
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        hit = self._cache.get((kind, machine_type))
+        if hit is not None and hit[0] == row[0]:
+            return hit
+        cur = await conn.execute(
+            "SELECT blob FROM models WHERE kind = %s AND machine_type = %s AND version = %s",
+            [kind, machine_type, row[0]],
+        )
+        blob = await cur.fetchone()
+        assert blob is not None
+        try:
+            model = pickle.loads(blob[0])  # noqa: S301 - written by register_model from a checked model file
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise ModelError(f"registered {kind} model {row[0]} for {machine_type} cannot be loaded: {exc}") from exc
+        self._cache[(kind, machine_type)] = (str(row[0]), model)
+        return str(row[0]), model
+
+    async def anomaly(self, conn: psycopg.AsyncConnection[Any], machine_type: str) -> tuple[str, AnomalyModel] | None:
+        got = await self._get(conn, "anomaly", machine_type)
+        return (got[0], got[1]) if got is not None and isinstance(got[1], AnomalyModel) else None
+
+    async def rul(self, conn: psycopg.AsyncConnection[Any], machine_type: str) -> tuple[str, RulModel] | None:
+        got = await self._get(conn, "rul", machine_type)
+        return (got[0], got[1]) if got is not None and isinstance(got[1], RulModel) else None

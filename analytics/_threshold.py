@@ -1,0 +1,88 @@
+"""Thresholds live apart from detectors: a wrapper that picks one from normal data and turns scores into flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from analytics._base import Detector, Features, Matrix, ModelError, Vector, _Params, clone
+
+__all__ = ["Thresholded"]
+
+
+class Thresholded(_Params):
+    """A detector plus a threshold and a persistence rule: a row is flagged when ``persistence`` consecutive rows
+    (this one included) score above ``threshold``, or at once when it scores above ``severe`` x ``threshold``
+    (a spike lasts one row).
+
+    :meth:`calibrate` picks the threshold from out-of-fold scores of normal rows (the ``quantile`` of them, times
+    ``margin``), then fits the detector on all rows, so the threshold reflects rows the model did not learn.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        threshold: float | None = None,
+        quantile: float = 0.999,
+        margin: float = 1.0,
+        persistence: int = 1,
+        severe: float = 3.0,
+        folds: int = 3,
+    ) -> None:
+        self.detector = detector
+        self.threshold = threshold
+        self.quantile = quantile
+        self.margin = margin
+        self.persistence = persistence
+        self.severe = severe
+        self.folds = folds
+        self._run = 0
+
+    def calibrate(self, rows: Matrix) -> Thresholded:
+        """Learn normal ``rows`` (time order) and set the threshold from them."""
+        n = len(rows)
+        if n < 2 * self.folds:
+            raise ModelError(f"need at least {2 * self.folds} normal rows to pick a threshold, got {n}")
+        held: list[Vector] = []
+        edges = np.linspace(0, n, self.folds + 1).astype(int)
+        for k in range(self.folds):
+            part = clone(self.detector)
+            part.set_features(self.detector.feature_names)
+            lo, hi = edges[k], edges[k + 1]
+            train = np.vstack([rows[:lo], rows[hi:]])
+            part.learn_many(train)
+            # A streaming detector warms up on the rows before the held-out block so its state is current.
+            held.append(part.score_many(rows[lo:hi]))
+        scores = np.concatenate(held)
+        scores = scores[np.isfinite(scores)]
+        self.threshold = float(np.quantile(scores, self.quantile) * self.margin) if len(scores) else 1.0
+        self.detector.learn_many(rows)
+        return self
+
+    def _need(self) -> float:
+        if self.threshold is None:
+            raise ModelError("the threshold is not set: calibrate() on normal rows or pass threshold=")
+        return self.threshold
+
+    def flag_many(self, scores: Vector) -> npt.NDArray[np.bool_]:
+        """Flags for consecutive scores, carrying the persistence run across calls."""
+        above = np.asarray(scores > self._need())
+        if not len(above):
+            return above
+        i = np.arange(len(above))
+        last_below = np.maximum.accumulate(np.where(above, -1, i))
+        # Length of the run of rows above threshold ending at each row, continuing the previous call's run.
+        run = np.where(last_below < 0, i + 1 + self._run, i - last_below)
+        self._run = int(run[-1])
+        return np.asarray((run >= self.persistence) | (scores > self.severe * self._need()))
+
+    def score_one(self, x: Features) -> float:
+        return self.detector.score_one(x)
+
+    def learn_one(self, x: Features) -> None:
+        self.detector.learn_one(x)
+
+    def flag_one(self, x: Features) -> bool:
+        """Score ``x`` and apply the threshold and persistence rule."""
+        return bool(self.flag_many(np.array([self.score_one(x)]))[0])

@@ -1,0 +1,219 @@
+"""One battery of generic checks, run over every detector and every RUL estimator."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from analytics import (
+    Detector,
+    EwmaMad,
+    GbmRul,
+    IsolationForest,
+    Mahalanobis,
+    ModelError,
+    PcaT2Q,
+    RulEstimator,
+    RunHistory,
+    Thresholded,
+    TrendRul,
+    clone,
+)
+from tests.analytics import synth
+
+NAMES = [*synth.SENSORS, "cond"]
+
+DETECTORS: dict[str, Callable[[], Detector]] = {
+    "ewma": lambda: EwmaMad(slow_span=100.0, condition=["cond"]),
+    "pca": lambda: PcaT2Q(condition=["cond"], seed=3),
+    "mahalanobis": lambda: Mahalanobis(condition=["cond"], seed=3),
+    "iforest": lambda: IsolationForest(trees=50, condition=["cond"], seed=3),
+}
+RULS: dict[str, Callable[[], RulEstimator]] = {
+    "gbm": lambda: GbmRul(iterations=40, seed=3),
+    "trend": lambda: TrendRul(seed=3),
+}
+
+
+def _trained(make: Callable[[], Detector], seed: int = 1) -> Detector:
+    det = make()
+    det.set_features(NAMES)
+    det.learn_many(synth.healthy(400, seed))
+    return det
+
+
+def _as_dict(row: np.ndarray) -> dict[str, float | None]:
+    return {n: float(v) for n, v in zip(NAMES, row, strict=True)}
+
+
+@pytest.fixture(params=sorted(DETECTORS))
+def make_det(request: pytest.FixtureRequest) -> Callable[[], Detector]:
+    return DETECTORS[request.param]
+
+
+@pytest.fixture(params=sorted(RULS))
+def make_rul(request: pytest.FixtureRequest) -> Callable[[], RulEstimator]:
+    return RULS[request.param]
+
+
+# -- detectors -------------------------------------------------------------------------------------------------
+def test_clone_is_unfitted_with_same_params(make_det: Callable[[], Detector]) -> None:
+    det = _trained(make_det)
+    twin = clone(det)
+    assert twin.params() == det.params()
+    assert twin.feature_names == []
+    twin.set_features(NAMES)
+    twin.learn_many(synth.healthy(400, 1))
+    test = synth.faulty(200, 9)
+    np.testing.assert_allclose(twin.score_many(test), det.score_many(test))
+
+
+def test_pickle_round_trip_scores_the_same(make_det: Callable[[], Detector]) -> None:
+    det = _trained(make_det)
+    test = synth.faulty(200, 9)
+    before = det.score_many(test)
+    again = pickle.loads(pickle.dumps(det))
+    np.testing.assert_allclose(again.score_many(test), before)
+
+
+def test_same_seed_same_result(make_det: Callable[[], Detector]) -> None:
+    test = synth.faulty(200, 9)
+    np.testing.assert_array_equal(_trained(make_det).score_many(test), _trained(make_det).score_many(test))
+
+
+def test_score_one_does_not_learn_and_matches_the_matrix_path(make_det: Callable[[], Detector]) -> None:
+    det = _trained(make_det)
+    row = synth.faulty(200, 9)[150]
+    first = det.score_one(_as_dict(row))
+    assert det.score_one(_as_dict(row)) == first
+    assert first == pytest.approx(float(det.score_many(row[None, :])[0]))
+    assert first >= 0
+
+
+def test_dict_interface_learns_like_the_matrix_one(make_det: Callable[[], Detector]) -> None:
+    det = make_det()
+    for row in synth.healthy(400, 1):
+        det.learn_one(_as_dict(row))
+    assert det.feature_names == NAMES
+    ref = _trained(make_det)
+    test = synth.faulty(100, 9)
+    # The streaming detector clips outliers against the band at the start of each batch chunk, so row-by-row
+    # learning differs slightly from batch learning.
+    assert np.isclose(det.score_many(test), ref.score_many(test), rtol=0.02).mean() > 0.95
+
+
+def test_missing_features_give_finite_scores(make_det: Callable[[], Detector]) -> None:
+    det = _trained(make_det)
+    row = _as_dict(synth.healthy(10, 5)[3])
+    row["temp"] = None
+    del row["flow"]
+    assert np.isfinite(det.score_one(row))
+    assert np.isfinite(det.score_one({"unknown_sensor": 1.0}))
+    rows = synth.faulty(100, 9)
+    rows[::3, 1] = np.nan
+    assert np.isfinite(det.score_many(rows)).all()
+    names = list(det.explain_one(row))
+    assert set(names) == set(NAMES)
+
+
+def test_constant_feature_does_not_break_scores(make_det: Callable[[], Detector]) -> None:
+    det = _trained(make_det)
+    rows = synth.healthy(100, 7)
+    assert np.isfinite(det.score_many(rows)).all()
+
+
+def test_better_than_chance_on_faults_and_names_the_faulty_sensors(make_det: Callable[[], Detector]) -> None:
+    det = _trained(make_det)
+    rows = synth.faulty(400, 11)
+    labels = synth.fault_labels(400)
+    if isinstance(det, EwmaMad):
+        det.learn_many(synth.healthy(200, 12))  # a streaming detector scores in order, warmed on this machine
+    scores = det.score_many(rows)
+    # Chance is 0.5; an adaptive streaming detector flags the onset and then follows the new level.
+    assert synth.auc(scores[~labels], scores[labels]) > 0.65
+    worst = int(np.argmax(scores))
+    drivers = list(det.explain_one(_as_dict(rows[worst])))[:2]
+    assert {"vib", "temp"} & set(drivers)
+
+
+def test_baseline_detectors_refuse_to_score_before_learning() -> None:
+    for name in ("pca", "mahalanobis", "iforest"):
+        with pytest.raises(ModelError, match="learned no rows"):
+            DETECTORS[name]().score_one({"a": 1.0})
+
+
+def test_threshold_wrapper_picks_a_threshold_from_normal_rows_only(make_det: Callable[[], Detector]) -> None:
+    det = make_det()
+    det.set_features(NAMES)
+    wrapped = Thresholded(det, persistence=2).calibrate(synth.healthy(600, 1))
+    assert wrapped.threshold is not None
+    assert wrapped.threshold > 0
+    healthy_flags = wrapped.flag_many(det.score_many(synth.healthy(300, 21)))
+    assert healthy_flags.mean() < 0.02
+    params = clone(wrapped).params()
+    assert params["persistence"] == 2
+    assert type(params["detector"]) is type(det)
+
+
+def test_threshold_wrapper_without_threshold_refuses() -> None:
+    with pytest.raises(ModelError, match="threshold is not set"):
+        Thresholded(EwmaMad()).flag_many(np.array([1.0]))
+
+
+# -- RUL estimators --------------------------------------------------------------------------------------------
+FEATURES = ["vib", "temp", "current", "const"]
+
+
+def _fitted(make: Callable[[], RulEstimator], *, const: bool = True) -> RulEstimator:
+    return make().fit(synth.runs(12, 1, const=const), FEATURES)
+
+
+def _test_cuts() -> tuple[list[RunHistory], np.ndarray]:
+    cuts = [synth.truncate(r, s) for r, s in zip(synth.runs(10, 99), np.linspace(0.3, 0.95, 10), strict=True)]
+    return [c for c, _ in cuts], np.array([t for _, t in cuts])
+
+
+def test_rul_clone_pickle_and_seed(make_rul: Callable[[], RulEstimator]) -> None:
+    est = _fitted(make_rul)
+    cuts, _ = _test_cuts()
+    pred = [p.rul for p in est.predict(cuts)]
+    assert clone(est).params() == est.params()
+    assert [p.rul for p in pickle.loads(pickle.dumps(est)).predict(cuts)] == pred
+    assert [p.rul for p in _fitted(make_rul).predict(cuts)] == pred
+
+
+def test_rul_intervals_are_ordered_and_better_than_chance(make_rul: Callable[[], RulEstimator]) -> None:
+    est = _fitted(make_rul)
+    cuts, truth = _test_cuts()
+    preds = est.predict(cuts)
+    rul = np.array([p.rul for p in preds])
+    assert all(p.lower <= p.rul <= p.upper for p in preds)
+    assert [p.unit for p in preds] == [c.unit for c in cuts]
+    chance = np.sqrt(np.mean((truth - truth.mean()) ** 2))
+    assert np.sqrt(np.mean((rul - truth) ** 2)) < 0.8 * chance
+
+
+def test_rul_handles_missing_and_constant_features(make_rul: Callable[[], RulEstimator]) -> None:
+    runs = synth.runs(8, 2)
+    holey = []
+    for r in runs:
+        v = r.values.copy()
+        v[::4, 0] = np.nan
+        holey.append(RunHistory(r.unit, r.time, v, r.condition))
+    est = make_rul().fit(holey, FEATURES)
+    preds = est.predict([synth.truncate(r, 0.5)[0] for r in holey])
+    assert all(np.isfinite([p.rul, p.lower, p.upper]).all() for p in preds)
+
+
+def test_rul_unfitted_refuses(make_rul: Callable[[], RulEstimator]) -> None:
+    with pytest.raises(ModelError, match="before fit"):
+        make_rul().predict(synth.runs(1, 0))
+
+
+def test_persistence_counts_consecutive_rows_across_calls() -> None:
+    wrapped = Thresholded(EwmaMad(), threshold=1.0, persistence=3)
+    assert wrapped.flag_many(np.array([2.0, 2.0, 0.0, 2.0, 2.0])).tolist() == [False] * 5
+    assert wrapped.flag_many(np.array([2.0, 2.0, 0.0, 2.0])).tolist() == [True, True, False, False]

@@ -1,0 +1,249 @@
+"""Offline analytics on users' own exports: `wearline rul fit|predict`, `wearline anomaly fit|score`,
+`wearline eval` on a held-out simulated fleet, and `wearline bench analytics`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wearline.cli._common import app, bench_app, run_async, settings_of
+
+rul_app = typer.Typer(help="Remaining useful life from run-to-failure histories.", no_args_is_help=True)
+anomaly_app = typer.Typer(help="Anomaly detection fit on normal operation.", no_args_is_help=True)
+app.add_typer(rul_app, name="rul")
+models_app = typer.Typer(help="Models the analytics worker scores with.", no_args_is_help=True)
+app.add_typer(anomaly_app, name="anomaly")
+app.add_typer(models_app, name="models")
+
+ColsOpt = Annotated[str | None, typer.Option("--columns", help="Column names COLS when FILE has no header.")]
+
+
+def _cols(value: str | None) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else []
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Bad files, columns and models end the command with the message that names them, exit status 2."""
+    from analytics import AnalyticsError
+
+    try:
+        yield
+    except AnalyticsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@rul_app.command("fit")
+def rul_fit(
+    train: Annotated[Path, typer.Option(help="Run-to-failure histories: each unit's rows end at its failure.")],
+    unit: Annotated[str, typer.Option(help="Column naming the unit (machine, engine, bearing).")],
+    time: Annotated[str, typer.Option(help="Column of time: hours, or timestamps.")],
+    out: Annotated[Path, typer.Option(help="Model file to write (plus MODEL.json with its metadata).")],
+    features: Annotated[
+        str | None, typer.Option(help="Sensor columns COLS (default: every other numeric one).")
+    ] = None,
+    condition: Annotated[str | None, typer.Option(help="Operating-condition columns COLS.")] = None,
+    by: Annotated[str | None, typer.Option(help="Fit one model per value of this column (e.g. machine_type).")] = None,
+    columns: ColsOpt = None,
+    model: Annotated[str, typer.Option(help="gbm (boosted quantiles) or trend (health-indicator trend).")] = "gbm",
+    coverage: Annotated[float, typer.Option(min=0.5, max=0.99, help="Prediction interval coverage.")] = 0.9,
+    seed: int = 0,
+) -> None:
+    """Fit RUL models on run-to-failure histories; retraining is running this again (a new version)."""
+    from analytics import RulModel, read_table, save_model
+
+    if model not in ("gbm", "trend"):
+        typer.echo(f"error: --model must be gbm or trend, not {model!r}", err=True)
+        raise typer.Exit(2)
+    with _user_errors():
+        table = read_table(train, _cols(columns) or None)
+        fitted = RulModel.fit(
+            table,
+            unit=unit,
+            time=time,
+            features=_cols(features) or None,
+            condition=_cols(condition),
+            by=by,
+            model="gbm" if model == "gbm" else "trend",
+            coverage=coverage,
+            seed=seed,
+        )
+        meta = save_model(
+            fitted,
+            out,
+            "rul",
+            {
+                "estimator": model,
+                "coverage": coverage,
+                "seed": seed,
+                "training": {"file": str(train), "rows": len(table), "columns": table.names},
+                "unit": unit,
+                "time": time,
+                "features": fitted.features,
+                "condition": fitted.conditions.columns,
+                "by": by,
+                "groups": {g: {"mean_life_hours": round(v, 3)} for g, v in fitted.life_hours.items()},
+            },
+        )
+    typer.echo(
+        f"wrote {out} version {meta['version']}: {len(fitted.features)} features, groups {sorted(fitted.life_hours)}"
+    )
+
+
+@rul_app.command("predict")
+def rul_predict(
+    model: Annotated[Path, typer.Option(help="A model written by `wearline rul fit`.")],
+    data: Annotated[Path, typer.Option(help="Histories of units still running (same columns as training).")],
+    out: Annotated[Path | None, typer.Option(help="CSV to write (default: standard output).")] = None,
+    columns: ColsOpt = None,
+) -> None:
+    """One row per unit: unit, rul, lower, upper, at the unit's last time."""
+    from analytics import RulModel, load_model, read_table, write_rows
+
+    with _user_errors():
+        fitted, _ = load_model(model, "rul")
+        assert isinstance(fitted, RulModel)
+        preds = fitted.predict(read_table(data, _cols(columns) or None))
+    text = write_rows(
+        out, ["unit", "time", "rul", "lower", "upper"], [[p.unit, p.time, p.rul, p.lower, p.upper] for p in preds]
+    )
+    if out is None:
+        typer.echo(text, nl=False)
+
+
+@anomaly_app.command("fit")
+def anomaly_fit(
+    train: Annotated[Path, typer.Option(help="Normal operation only; a few hundred rows are enough.")],
+    out: Annotated[Path, typer.Option(help="Model file to write (plus MODEL.json with its metadata).")],
+    features: Annotated[str | None, typer.Option(help="Sensor columns COLS (default: every numeric one).")] = None,
+    condition: Annotated[str | None, typer.Option(help="Operating-condition columns COLS.")] = None,
+    columns: ColsOpt = None,
+    detector: Annotated[str, typer.Option(help="mahalanobis, pca, iforest or ewma.")] = "mahalanobis",
+    persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 1,
+    seed: int = 0,
+) -> None:
+    """Fit a detector on normal operation and pick its threshold from held-out normal rows."""
+    from analytics import AnomalyModel, read_table, save_model
+
+    if detector not in ("pca", "mahalanobis", "iforest", "ewma"):
+        typer.echo(f"error: --detector must be pca, mahalanobis, iforest or ewma, not {detector!r}", err=True)
+        raise typer.Exit(2)
+    with _user_errors():
+        table = read_table(train, _cols(columns) or None)
+        fitted = AnomalyModel.fit(
+            table,
+            features=_cols(features) or None,
+            condition=_cols(condition),
+            detector=detector,  # type: ignore[arg-type]
+            persistence=persistence,
+            seed=seed,
+        )
+        meta = save_model(
+            fitted,
+            out,
+            "anomaly",
+            {
+                "detector": detector,
+                "threshold": fitted.detector.threshold,
+                "persistence": persistence,
+                "seed": seed,
+                "training": {"file": str(train), "rows": len(table), "columns": table.names},
+                "features": fitted.features,
+                "condition": fitted.condition,
+            },
+        )
+    typer.echo(f"wrote {out} version {meta['version']}: threshold {fitted.detector.threshold:.4g} on {len(table)} rows")
+
+
+@anomaly_app.command("score")
+def anomaly_score(
+    model: Annotated[Path, typer.Option(help="A model written by `wearline anomaly fit`.")],
+    data: Annotated[Path, typer.Option(help="Rows to score, in time order.")],
+    out: Annotated[Path | None, typer.Option(help="CSV to write (default: standard output).")] = None,
+    columns: ColsOpt = None,
+) -> None:
+    """Per row: score, flag (1 = anomalous) and, for flagged rows, the sensors that drove it (;-separated)."""
+    from analytics import AnomalyModel, load_model, read_table, write_rows
+
+    with _user_errors():
+        fitted, _ = load_model(model, "anomaly")
+        assert isinstance(fitted, AnomalyModel)
+        table = read_table(data, _cols(columns) or None)
+        scores, flags = fitted.score(table)
+        drivers = fitted.drivers(table)
+    rows = [[float(s), int(f), ";".join(d) if f else ""] for s, f, d in zip(scores, flags, drivers, strict=True)]
+    text = write_rows(out, ["score", "flag", "sensors"], rows)
+    if out is None:
+        typer.echo(text, nl=False)
+
+
+@bench_app.command("analytics")
+def bench_analytics(
+    machines: Annotated[int, typer.Option(help="Machines in the fleet RUL refresh.")] = 10_000,
+    rows: Annotated[int, typer.Option(help="Rows per streaming scoring batch.")] = 200_000,
+    sensors: Annotated[int, typer.Option(help="Sensors per row.")] = 5,
+    history: Annotated[int, typer.Option(help="Rows of history per machine for the RUL refresh.")] = 50,
+    seed: int = 0,
+) -> None:
+    """Scoring throughput of every detector (readings = rows x sensors) and a fleet RUL refresh; ends with JSON."""
+    from analytics._bench import run_bench
+
+    run_bench(machines=machines, rows=rows, sensors=sensors, history=history, seed=seed, echo=typer.echo)
+
+
+@models_app.command("register")
+def models_register(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help="A model written by `wearline rul fit` or `wearline anomaly fit`.")],
+    machine_type: Annotated[str, typer.Option(help="Machine type the worker should use it for.")],
+) -> None:
+    """Store a model in the database; the worker uses the newest version per machine type from its next pass."""
+    from analytics._registry import read_model_file, register_model
+    from wearline.db import connect
+
+    settings = settings_of(ctx)
+    with _user_errors():
+        blob, meta = read_model_file(model)
+
+    async def store() -> str:
+        async with await connect(settings.database) as conn:
+            version = await register_model(conn, blob, meta, machine_type)
+            await conn.commit()
+            return version
+
+    typer.echo(f"registered {meta['kind']} model {run_async(store())} for machine type {machine_type}")
+
+
+@app.command("eval")
+def eval_(
+    data: Annotated[
+        Path, typer.Option(help="Folder with train.csv, train_truth.csv, test.csv, test_rul.csv, test_truth.csv.")
+    ],
+    detectors: Annotated[str, typer.Option(help="Detectors to compare COLS.")] = "pca,mahalanobis,ewma",
+    models: Annotated[str, typer.Option(help="RUL models to compare COLS.")] = "gbm,trend",
+    persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 3,
+    grace_h: Annotated[float, typer.Option(help="An alarm this many hours after a fault ends still counts.")] = 24.0,
+    seed: int = 0,
+) -> None:
+    """Anomaly precision/recall/F1, false alarms per machine-day, detection delay; RUL RMSE, MAE, PHM08 score and
+    interval coverage on a held-out fleet; the last line is one JSON object."""
+    import json
+
+    from analytics._evaluate import evaluate_dir
+
+    with _user_errors():
+        figures = evaluate_dir(
+            data,
+            detectors=_cols(detectors),  # type: ignore[arg-type]
+            ruls=_cols(models),  # type: ignore[arg-type]
+            persistence=persistence,
+            grace_h=grace_h,
+            seed=seed,
+            echo=typer.echo,
+        )
+    typer.echo(json.dumps(figures, sort_keys=True, default=float))
