@@ -8,11 +8,28 @@ __all__ = ["IngestMetrics"]
 
 
 class IngestMetrics:
+    """Every ingest metric, registered on ``registry``."""
+
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.messages = Counter(
             "wearline_ingest_messages_total",
             "MQTT messages handled, by outcome.",
             ["outcome"],
+            registry=registry,
+        )
+        self.received = Counter(
+            "wearline_ingest_messages_received_total",
+            "MQTT messages taken from the broker into a batch (redeliveries included).",
+            registry=registry,
+        )
+        self.readings_received = Counter(
+            "wearline_ingest_readings_received_total",
+            "Sensor values decoded from valid messages (a value sent twice counts twice).",
+            registry=registry,
+        )
+        self.sessions_lost = Counter(
+            "wearline_ingest_sessions_lost_total",
+            "Reconnections on which the broker had not kept our persistent session.",
             registry=registry,
         )
         self.readings = Counter(

@@ -65,12 +65,14 @@ class Subscriber:
         client_id: str,
         receive_maximum: int,
         max_buffered: int,
+        max_payload_bytes: int = 0,
     ) -> None:
         self._settings = settings
         self._filter = topic_filter
         self._client_id = client_id
         self._receive_maximum = receive_maximum
         self._max_buffered = max_buffered
+        self._max_payload_bytes = max_payload_bytes
         self._buffer: collections.deque[Message] = collections.deque()
         self._arrived = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -82,6 +84,7 @@ class Subscriber:
         self._lost: asyncio.Future[str] = self._loop.create_future()
         self._misc: asyncio.Task[None] | None = None
         self.session_present = False
+        self._connack: Properties | None = None
         self._client = self._make_client()
 
     @property
@@ -156,6 +159,7 @@ class Subscriber:
         if reason.is_failure:
             self._connected.set_exception(BrokerError(f"broker refused the connection: {reason}"))
         else:
+            self._connack = properties
             self._connected.set_result(bool(flags.session_present))
 
     def _on_subscribe(
@@ -221,6 +225,43 @@ class Subscriber:
                 self._lost.set_result("keepalive or socket failure")
                 self._arrived.set()
 
+    def _check_broker(self) -> None:
+        """What an MQTT 5 CONNACK tells about the promise; refuse what breaks it, warn about what weakens it."""
+        s = self._settings
+        if not self.is_v5:
+            log.info(
+                "MQTT 3.1.1: the broker's limits cannot be checked; it must keep queued messages without limit "
+                "(mosquitto: max_queued_messages 0) and allow at least one batch in flight (max_inflight_messages)"
+            )
+            return
+        props = self._connack
+
+        def got(name: str) -> object:
+            return getattr(props, name, None)
+
+        if got("MaximumQoS") == 0:
+            raise BrokerError("the broker grants only QoS 0 (CONNACK Maximum QoS): nothing could be redelivered")
+        if self._filter.startswith("$share/") and got("SharedSubscriptionAvailable") == 0:
+            raise BrokerError(
+                "the broker does not support shared subscriptions (CONNACK); set ingest.shared_group to none"
+            )
+        expiry = got("SessionExpiryInterval")
+        if isinstance(expiry, int) and expiry < s.session_expiry_s:
+            log.warning(
+                "the broker cut our session expiry to %d s (asked %d s): messages published while ingest is down "
+                "for longer are lost",
+                expiry,
+                s.session_expiry_s,
+            )
+        max_packet = got("MaximumPacketSize")
+        if isinstance(max_packet, int) and self._max_payload_bytes and max_packet < self._max_payload_bytes:
+            log.warning(
+                "the broker accepts packets of at most %d bytes, below ingest.max_payload_bytes (%d): gateways' "
+                "larger messages are refused by the broker and cannot be kept as dead letters",
+                max_packet,
+                self._max_payload_bytes,
+            )
+
     async def __aenter__(self) -> Subscriber:
         s = self._settings
         props = None
@@ -232,7 +273,12 @@ class Subscriber:
             await self._loop.run_in_executor(
                 None,
                 lambda: self._client.connect(
-                    s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props
+                    s.host,
+                    s.port,
+                    keepalive=s.keepalive_s,
+                    # MQTT 5 resumes the session by clean_start; 3.1.1 by clean_session=False on the client.
+                    clean_start=False if self.is_v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                    properties=props,
                 ),
             )
         except (OSError, ValueError) as exc:
@@ -241,6 +287,7 @@ class Subscriber:
         try:
             async with asyncio.timeout(s.connect_timeout_s):
                 self.session_present = await self._connected
+                self._check_broker()
                 self._client.subscribe(self._filter, qos=1)
                 await self._subscribed
         except BaseException:

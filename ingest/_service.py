@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -66,6 +67,7 @@ async def _commit_with_retry(
         async for attempt in retrying:
             with attempt:
                 rows, dead, stamps = await writer.prepare(batch)
+                received = writer.last_received
                 try:
                     await writer.commit(rows, dead)
                 except (psycopg.DataError, psycopg.IntegrityError) as exc:
@@ -76,6 +78,7 @@ async def _commit_with_retry(
     except psycopg.OperationalError as exc:
         raise _Stopped from exc
     metrics.db_up.set(1)
+    metrics.readings_received.inc(received)
     readings = sum(sum(v is not None for v in vals) for vals in rows.values())
     return readings, dead, stamps
 
@@ -107,11 +110,13 @@ async def run_ingest(
     registry: CollectorRegistry = REGISTRY,
     client_id: str | None = None,
     subscribed: asyncio.Event | None = None,
+    on_commit: Callable[[int, list[int]], None] | None = None,
 ) -> IngestSummary:
     """Run ingest until ``stop`` is set; the batch in hand is committed and acknowledged before returning.
 
     ``subscribed`` is set once the broker has confirmed the subscription (the broker keeps messages only for
     subscriptions it knows, so a caller that publishes must wait for it on a brand-new session).
+    ``on_commit(readings, sample_timestamps_ms)`` is called after each commit (``wearline bench ingest`` uses it).
     """
     ing = settings.ingest
     metrics = IngestMetrics(registry)
@@ -129,6 +134,7 @@ async def run_ingest(
         metrics.db_up.set(1)
         topic_filter = telemetry_filter(settings.topic_prefix, ing.shared_group)
         backoff = 0.5
+        connected_before = False
         while not stop.is_set():
             try:
                 async with Subscriber(
@@ -137,19 +143,38 @@ async def run_ingest(
                     client_id=client_id or settings.mqtt.client_id,
                     receive_maximum=ing.receive_maximum,
                     max_buffered=ing.receive_maximum,
+                    max_payload_bytes=ing.max_payload_bytes,
                 ) as sub:
+                    if connected_before and not sub.session_present:
+                        log.warning(
+                            "the broker did not keep our session: messages published while we were disconnected "
+                            "are lost (check the broker's session expiry and persistence)"
+                        )
+                        metrics.sessions_lost.inc()
+                    connected_before = True
                     metrics.broker_up.set(1)
                     if subscribed is not None:
                         subscribed.set()
-                    metrics.queue_depth.set_function(lambda: sub.buffered)
+                    held = [0]
+                    # Everything received and not yet acknowledged: the buffer plus the batch being committed.
+
+                    def depth(sub: Subscriber = sub, held: list[int] = held) -> int:
+                        return sub.buffered + held[0]
+
+                    metrics.queue_depth.set_function(depth)
                     backoff = 0.5
                     while not stop.is_set():
                         batch = await sub.next_batch(ing.batch_max_messages, ing.batch_max_delay_ms / 1000, idle_s=0.5)
                         if not batch:
                             continue
+                        held[0] = len(batch)
+                        metrics.received.inc(len(batch))
                         t0 = time.perf_counter()
                         readings, dead, stamps = await _commit_with_retry(writer, batch, metrics, stop)
                         sub.ack(batch)
+                        held[0] = 0
+                        if on_commit is not None:
+                            on_commit(readings, stamps)
                         _observe(
                             metrics,
                             batch=batch,

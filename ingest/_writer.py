@@ -69,8 +69,13 @@ class BatchWriter:
         self._settings = settings
         self._mode = mode
         self._metrics = metrics
+        # A pool with no live connection makes getconn wait; bound it so an outage shows up as a retry (and in
+        # the metrics) within seconds rather than the pool's default 30 s.
+        self._wait_s = settings.database.connect_timeout_s
         self._machines: dict[MachinePath, _Machine] = {}
         self._partition_days: set[date] = set()
+        self.last_received = 0
+        """Values decoded by the latest :meth:`prepare` (the received-readings metric counts them once committed)."""
 
     # --- registry -------------------------------------------------------------------------------------------
     async def _lookup(self, conn: psycopg.AsyncConnection[Any], path: MachinePath) -> _Machine | None:
@@ -132,20 +137,20 @@ class BatchWriter:
             cur = await conn.execute("SELECT name, position FROM sensors WHERE machine_id = %s", [machine.machine_id])
             machine.sensors = dict(await cur.fetchall())
             nxt = max(machine.sensors.values(), default=0) + 1
-            for name in sorted(set(names) - machine.sensors.keys()):
-                await conn.execute(
-                    "INSERT INTO sensors (machine_id, position, name) VALUES (%s, %s, %s)",
-                    [machine.machine_id, nxt, name],
-                )
-                machine.sensors[name] = nxt
-                nxt += 1
+            new = sorted(set(names) - machine.sensors.keys())
+            await conn.execute(
+                "INSERT INTO sensors (machine_id, position, name) SELECT %s, %s + n - 1, name"
+                " FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, n)",
+                [machine.machine_id, nxt, new],
+            )
+            machine.sensors.update({name: nxt + k for k, name in enumerate(new)})
 
     async def _resolve(self, path: MachinePath, decoded: DecodedMessage) -> _Machine:
         machine = self._machines.get(path)
         names = {n for s in decoded.samples for n in s.values}
         if machine is not None and names <= machine.sensors.keys():
             return machine
-        async with self._pool.connection() as conn:
+        async with self._pool.connection(timeout=self._wait_s) as conn:
             if machine is None:
                 machine = await self._lookup(conn, path)
                 if machine is None:
@@ -170,6 +175,7 @@ class BatchWriter:
         rows: dict[tuple[int, int], list[float | None]] = {}
         dead: list[DeadLetter] = []
         stamps: list[int] = []
+        received = 0
         for msg in batch:
             try:
                 path = parse_telemetry_topic(self._settings.topic_prefix, msg.topic)
@@ -201,7 +207,9 @@ class BatchWriter:
                 for name, value in sample.values.items():
                     if value is not None:
                         vals[machine.sensors[name] - 1] = float(value)
+                        received += 1
                 stamps.append(sample.ts_ms)
+        self.last_received = received
         return rows, dead, stamps
 
     async def commit(self, rows: dict[tuple[int, int], list[float | None]], dead: Sequence[DeadLetter]) -> None:
@@ -209,10 +217,10 @@ class BatchWriter:
         if self._mode == "native" and rows:
             days = {datetime.fromtimestamp(ms / 1000, tz=UTC).date() for _, ms in rows}
             if not days <= self._partition_days:
-                async with self._pool.connection() as conn:
+                async with self._pool.connection(timeout=self._wait_s) as conn:
                     await ensure_partitions(conn, min(days), max(days))
                 self._partition_days |= days
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection(timeout=self._wait_s) as conn, conn.transaction():
             if rows:
                 await conn.execute(_STAGE)
                 async with conn.cursor().copy(

@@ -114,6 +114,8 @@ def shipped_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     if not Path(binary).exists():
         pytest.fail("mosquitto is not installed: run the README's test command, which installs it")
     work = tmp_path_factory.mktemp("mosquitto")
+    # Started as root, mosquitto drops to its own user: it must be able to write its log and persistence here.
+    os.chmod(work, 0o777)
     port = free_port()
     conf = []
     for shipped in (ROOT / "deploy/mosquitto/wearline.conf").read_text().splitlines():
