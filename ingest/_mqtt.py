@@ -231,7 +231,7 @@ class Subscriber:
         if not self.is_v5:
             log.info(
                 "MQTT 3.1.1: the broker's limits cannot be checked; it must keep queued messages without limit "
-                "(mosquitto: max_queued_messages 0) and allow at least one batch in flight (max_inflight_messages)"
+                "(mosquitto: a max_queued_messages far above any backlog) and allow at least one batch in flight (max_inflight_messages)"
             )
             return
         props = self._connack
