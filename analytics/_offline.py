@@ -188,13 +188,19 @@ class AnomalyModel:
         condition: Sequence[str] = (),
         detector: DetectorName = "mahalanobis",
         persistence: int = 1,
+        window: int = 12,
         seed: int = 0,
     ) -> AnomalyModel:
         feats = list(features) if features else default_features(table, list(condition))
         table.need([*feats, *condition], "feature/condition")
         det = make_detector(detector, condition, seed)
         det.set_features([*feats, *condition])
-        model = cls(feats, list(condition), Thresholded(det, persistence=persistence), _Conditions(list(condition)))
+        model = cls(
+            feats,
+            list(condition),
+            Thresholded(det, persistence=persistence, window=window),
+            _Conditions(list(condition)),
+        )
         model.detector.calibrate(model.matrix(table))
         return model
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import numpy.typing as npt
 
@@ -13,10 +15,12 @@ __all__ = ["Thresholded"]
 class Thresholded(_Params):
     """A detector plus a threshold and a persistence rule: a row is flagged when ``persistence`` consecutive rows
     (this one included) score above ``threshold``, or at once when it scores above ``severe`` x ``threshold``
-    (a spike lasts one row).
+    (a spike lasts one row), or when the mean score of the last ``window`` rows is above ``sustained`` (a gradual
+    fault raises the score a little for a long time: too little for any single row, plain in the mean).
 
     :meth:`calibrate` picks the threshold from out-of-fold scores of normal rows (the ``quantile`` of them, times
-    ``margin``), then fits the detector on all rows, so the threshold reflects rows the model did not learn.
+    ``margin``), and ``sustained`` likewise from their ``window``-row means; then it fits the detector on all
+    rows, so both thresholds reflect rows the model did not learn. ``window`` 0 or 1 turns the mean rule off.
     """
 
     def __init__(
@@ -29,6 +33,8 @@ class Thresholded(_Params):
         persistence: int = 1,
         severe: float = 3.0,
         folds: int = 3,
+        window: int = 0,
+        sustained: float | None = None,
     ) -> None:
         self.detector = detector
         self.threshold = threshold
@@ -37,7 +43,10 @@ class Thresholded(_Params):
         self.persistence = persistence
         self.severe = severe
         self.folds = folds
+        self.window = window
+        self.sustained = sustained
         self._run = 0
+        self._tail = np.zeros(0)
 
     def calibrate(self, rows: Matrix) -> Thresholded:
         """Learn normal ``rows`` (time order) and set the threshold from them."""
@@ -45,6 +54,7 @@ class Thresholded(_Params):
         if n < 2 * self.folds:
             raise ModelError(f"need at least {2 * self.folds} normal rows to pick a threshold, got {n}")
         held: list[Vector] = []
+        means: list[Vector] = []
         edges = np.linspace(0, n, self.folds + 1).astype(int)
         for k in range(self.folds):
             part = clone(self.detector)
@@ -54,9 +64,15 @@ class Thresholded(_Params):
             part.learn_many(train)
             # A streaming detector warms up on the rows before the held-out block so its state is current.
             held.append(part.score_many(rows[lo:hi]))
+            if self.window > 1:
+                means.append(_window_means(held[-1], self.window))
         scores = np.concatenate(held)
         scores = scores[np.isfinite(scores)]
         self.threshold = float(np.quantile(scores, self.quantile) * self.margin) if len(scores) else 1.0
+        m = np.concatenate(means) if means else np.zeros(0)
+        m = m[np.isfinite(m)]
+        # Too few rows for one full window in a fold: no evidence for a sustained threshold, so no mean rule.
+        self.sustained = float(np.quantile(m, self.quantile) * self.margin) if len(m) else None
         self.detector.learn_many(rows)
         return self
 
@@ -75,7 +91,21 @@ class Thresholded(_Params):
         # Length of the run of rows above threshold ending at each row, continuing the previous call's run.
         run = np.where(last_below < 0, i + 1 + self._run, i - last_below)
         self._run = int(run[-1])
-        return np.asarray((run >= self.persistence) | (scores > self.severe * self._need()))
+        flags = (run >= self.persistence) | (scores > self.severe * self._need())
+        window, sustained = getattr(self, "window", 0), getattr(self, "sustained", None)  # older pickles
+        if window > 1 and sustained is not None:
+            tail = getattr(self, "_tail", np.zeros(0))
+            joined = np.concatenate([tail, np.asarray(scores, dtype=np.float64)])
+            flags |= _window_means(joined, window, full_only=False)[len(tail) :] > sustained
+            self._tail = joined[-(window - 1) :]
+        return np.asarray(flags)
+
+    def restarted(self) -> Thresholded:
+        """A copy sharing the fitted detector and both thresholds, with no rows seen (a new stream)."""
+        out = copy.copy(self)
+        out._run = 0
+        out._tail = np.zeros(0)
+        return out
 
     def score_one(self, x: Features) -> float:
         return self.detector.score_one(x)
@@ -86,3 +116,14 @@ class Thresholded(_Params):
     def flag_one(self, x: Features) -> bool:
         """Score ``x`` and apply the threshold and persistence rule."""
         return bool(self.flag_many(np.array([self.score_one(x)]))[0])
+
+
+def _window_means(scores: Vector, window: int, *, full_only: bool = True) -> Vector:
+    """Mean of each row's score and the ``window - 1`` before it; rows with fewer before them get NaN (never
+    above a threshold) so a short history cannot pass for a sustained rise."""
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=1e12)
+    c = np.concatenate([[0.0], np.cumsum(s)])
+    i = np.arange(window, len(s) + 1)
+    out = np.full(len(s), np.nan)
+    out[window - 1 :] = (c[i] - c[i - window]) / window
+    return out[window - 1 :] if full_only else out

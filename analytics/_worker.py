@@ -199,7 +199,7 @@ class _Scorer:
             return 0
         rows = np.column_stack([x[:, idx[c]] if c in idx else np.full(len(x), np.nan) for c in cols])
         scores = det.score_many(rows)
-        flags = Thresholded(det, threshold=am.detector.threshold, persistence=am.detector.persistence).flag_many(scores)
+        flags = am.detector.restarted().flag_many(scores)
         if not flags.any():
             return 0
         per = det.contributions(rows)

@@ -217,3 +217,28 @@ def test_persistence_counts_consecutive_rows_across_calls() -> None:
     wrapped = Thresholded(EwmaMad(), threshold=1.0, persistence=3)
     assert wrapped.flag_many(np.array([2.0, 2.0, 0.0, 2.0, 2.0])).tolist() == [False] * 5
     assert wrapped.flag_many(np.array([2.0, 2.0, 0.0, 2.0])).tolist() == [True, True, False, False]
+
+
+def test_window_rule_flags_a_sustained_rise_that_no_single_row_crosses() -> None:
+    wrapped = Thresholded(EwmaMad(), threshold=10.0, persistence=3, window=4, sustained=2.0)
+    # Each row stays far below the row threshold; the 4-row mean passes 2 only once four raised rows are in.
+    flags = wrapped.flag_many(np.array([1.0, 1.0, 3.0, 3.0, 3.0]))
+    assert flags.tolist() == [False, False, False, False, True]
+    # The window carries across calls, and a fresh stream starts with no history.
+    assert wrapped.flag_many(np.array([3.0])).tolist() == [True]
+    assert wrapped.restarted().flag_many(np.array([3.0, 3.0, 3.0])).tolist() == [False] * 3
+    assert Thresholded(EwmaMad(), threshold=10.0).flag_many(np.array([3.0] * 6)).tolist() == [False] * 6
+
+
+def test_calibrate_sets_the_window_threshold_out_of_fold(make_det: Callable[[], Detector]) -> None:
+    det = make_det()
+    det.set_features(NAMES)
+    wrapped = Thresholded(det, persistence=2, window=6).calibrate(synth.healthy(600, 1))
+    assert wrapped.sustained is not None
+    assert wrapped.threshold is not None
+    # A mean of scores is less spread than the scores: its extreme quantile lies below the rows'.
+    assert 0 < wrapped.sustained < wrapped.threshold
+    assert wrapped.flag_many(det.score_many(synth.healthy(300, 21))).mean() < 0.02
+    # Folds shorter than one window give no evidence for a sustained threshold: the rule stays off.
+    short = Thresholded(clone(det), window=400).calibrate(synth.healthy(600, 1))
+    assert short.sustained is None

@@ -228,6 +228,17 @@ def eval_(
     models: Annotated[str, typer.Option(help="RUL models to compare COLS.")] = "gbm,trend",
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 3,
     grace_h: Annotated[float, typer.Option(help="An alarm this many hours after a fault ends still counts.")] = 24.0,
+    rul_cap_share: Annotated[
+        float, typer.Option(min=0.0, help="Also report RUL figures capped at this share of the mean training life.")
+    ] = 0.5,
+    incipient_health: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Alarms outside labelled faults while true health is below this are early, not false.",
+        ),
+    ] = 0.8,
     seed: int = 0,
 ) -> None:
     """Anomaly precision/recall/F1, false alarms per machine-day, detection delay; RUL RMSE, MAE, PHM08 score and
@@ -243,6 +254,8 @@ def eval_(
             ruls=_cols(models),  # type: ignore[arg-type]
             persistence=persistence,
             grace_h=grace_h,
+            rul_cap_share=rul_cap_share,
+            incipient_health=incipient_health,
             seed=seed,
             echo=typer.echo,
         )
