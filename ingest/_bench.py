@@ -369,11 +369,13 @@ def run_bench(
         try:
             for p in procs:
                 p.start()
-            pub.start()
+            # The publisher starts only once every worker holds its subscription: the broker keeps nothing for a
+            # subscription it has not seen yet, and messages published before it would be missing from the count.
             _wait_subscribed(ready, procs)
+            pub.start()
             assert out.get(timeout=60) == ("warm", machines)
-            # Wait for the warm-up to commit, but not forever: Mosquitto 2.0.11 was seen holding the tail of a
-            # burst for a subscriber until more traffic arrived. Warm-up readings still count towards loss.
+            # Wait for the warm-up (registering the fleet) to commit, but not forever; warm-up readings still count
+            # towards loss.
             warm_expected = machines * sensors
             deadline = time.monotonic() + 20
             while sum(c.value for c in counters) < warm_expected and time.monotonic() < deadline:
