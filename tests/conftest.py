@@ -7,22 +7,17 @@ database schema and MQTT topic prefix, dropped or abandoned when it ends.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from ingest._bench import own_broker
 from wearline.db import migrate
 from wearline.settings import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
 TEST_DSN = os.environ.get("WEARLINE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_MQTT = os.environ.get("WEARLINE_TEST_MQTT", "127.0.0.1:1883")
 
@@ -97,47 +92,12 @@ async def migrated(settings: Settings) -> Settings:
     return settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def shipped_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+def shipped_broker() -> Iterator[tuple[str, int]]:
     """A Mosquitto of our own with the configuration Wearline ships (deploy/mosquitto/wearline.conf).
 
     The machine's broker runs Debian's defaults, which drop messages for a slow subscriber; tests about
-    delivery guarantees must run against what we tell users to deploy.
+    delivery guarantees must run against what we tell users to deploy. The benchmark starts the same broker.
     """
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        pytest.fail("mosquitto is not installed: run the README's test command, which installs it")
-    work = tmp_path_factory.mktemp("mosquitto")
-    # Started as root, mosquitto drops to its own user: it must be able to write its log and persistence here.
-    os.chmod(work, 0o777)
-    port = free_port()
-    conf = []
-    for shipped in (ROOT / "deploy/mosquitto/wearline.conf").read_text().splitlines():
-        if shipped.startswith("listener "):
-            conf.append(f"listener {port} 127.0.0.1")
-        elif shipped.startswith("persistence_location "):
-            conf.append(f"persistence_location {work}/")
-        else:
-            conf.append(shipped)
-    conf.append(f"log_dest file {work}/mosquitto.log")
-    (work / "mosquitto.conf").write_text("\n".join(conf) + "\n")
-    proc = subprocess.Popen([binary, "-c", str(work / "mosquitto.conf")], cwd=work)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"our mosquitto did not start: {(work / 'mosquitto.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-    yield "127.0.0.1", port
-    proc.terminate()
-    proc.wait(10)
+    with own_broker() as (port, _):
+        yield "127.0.0.1", port
