@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, timedelta
 from typing import Any
 
 import psycopg
@@ -27,6 +27,7 @@ __all__ = ["BatchWriter", "DeadLetter"]
 
 log = logging.getLogger(__name__)
 
+_EPOCH = date(1970, 1, 1)
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS readings_stage (
     machine_id integer NOT NULL, time timestamptz NOT NULL, vals float8[] NOT NULL
@@ -215,11 +216,14 @@ class BatchWriter:
     async def commit(self, rows: dict[tuple[int, int], list[float | None]], dead: Sequence[DeadLetter]) -> None:
         """Write rows and dead letters in one transaction; raises psycopg errors for the caller to handle."""
         if self._mode == "native" and rows:
-            days = {datetime.fromtimestamp(ms / 1000, tz=UTC).date() for _, ms in rows}
-            if not days <= self._partition_days:
+            # Integer day numbers keep this off the per-row datetime path; each missing day gets its own partition,
+            # so one stray old sample does not create every partition between it and today.
+            missing = {_EPOCH + timedelta(days=d) for d in {ms // 86_400_000 for _, ms in rows}} - self._partition_days
+            if missing:
                 async with self._pool.connection(timeout=self._wait_s) as conn:
-                    await ensure_partitions(conn, min(days), max(days))
-                self._partition_days |= days
+                    for day in sorted(missing):
+                        await ensure_partitions(conn, day, day)
+                self._partition_days |= missing
         async with self._pool.connection(timeout=self._wait_s) as conn, conn.transaction():
             if rows:
                 await conn.execute(_STAGE)

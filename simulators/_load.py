@@ -6,6 +6,7 @@ The physics is the same vectorised engine as every other mode; the run is short 
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import resource
@@ -23,6 +24,8 @@ from wearline.topics import telemetry_topic
 from wearline.wire import Sample, encode_message
 
 __all__ = ["LoadResult", "run_load"]
+
+_MAX_QUEUED = 20_000  # messages handed to paho and not yet written to the socket
 
 
 class LoadError(RuntimeError):
@@ -110,6 +113,7 @@ def run_load(
         start = time.monotonic()
         step = 0
         info = None
+        queued: collections.deque[paho.MQTTMessageInfo] = collections.deque()
         pending: list[list[Sample]] = [[] for _ in fleet.paths]
         while time.monotonic() - start < duration_s:
             t0 = time.monotonic()
@@ -126,6 +130,11 @@ def run_load(
                     if len(pending[m]) >= batch_samples:
                         payload = encode_message(pending[m], types[m])
                         info = client.publish(topics[m], payload, qos=qos)
+                        # paho queues without bound at QoS 0: wait for old messages to reach the socket, so the
+                        # rate is what the broker is sent and memory stays flat.
+                        queued.append(info)
+                        if len(queued) > _MAX_QUEUED:
+                            queued.popleft().wait_for_publish(30)
                         messages += 1
                         samples += len(pending[m])
                         size += len(payload)

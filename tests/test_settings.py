@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from wearline.settings import SettingsError, load_settings
 
 
 def test_defaults_cover_broker_database_topics_batches_and_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("WEARLINE_"):
             monkeypatch.delenv(name)
     s = load_settings()
