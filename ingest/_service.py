@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError, Message, Subscriber
-from ingest._writer import BatchWriter, DeadLetter
+from ingest._writer import BatchWriter, DeadLetter, prepare_connection
 from wearline.db import open_pool, storage_mode
 from wearline.settings import Settings
 from wearline.topics import telemetry_filter
@@ -122,7 +122,7 @@ async def run_ingest(
     metrics = IngestMetrics(registry)
     summary = IngestSummary()
     started = time.monotonic()
-    pool = await open_pool(settings.database, name="ingest")
+    pool = await open_pool(settings.database, name="ingest", configure=prepare_connection)
     try:
         async with pool.connection() as conn:
             mode = await storage_mode(conn, settings.database.schema_name)

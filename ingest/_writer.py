@@ -23,7 +23,7 @@ from wearline.settings import Settings
 from wearline.topics import MachinePath, TopicError, parse_telemetry_topic
 from wearline.wire import DecodedMessage, PayloadError, Reason, decode_message, ms_to_datetime
 
-__all__ = ["BatchWriter", "DeadLetter"]
+__all__ = ["BatchWriter", "DeadLetter", "prepare_connection"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ ON CONFLICT (machine_id, time) DO UPDATE
     SET vals = merge_vals(readings.vals, excluded.vals)
     WHERE readings.vals IS DISTINCT FROM merge_vals(readings.vals, excluded.vals)
 """
+
+
+async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool ``configure`` hook: the session's staging table, created once per connection rather than per batch."""
+    await conn.execute(_STAGE)
+    await conn.commit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +232,6 @@ class BatchWriter:
                 self._partition_days |= missing
         async with self._pool.connection(timeout=self._wait_s) as conn, conn.transaction():
             if rows:
-                await conn.execute(_STAGE)
                 async with conn.cursor().copy(
                     "COPY readings_stage (machine_id, time, vals) FROM STDIN (FORMAT BINARY)"
                 ) as copy:

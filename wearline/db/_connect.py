@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -41,13 +42,19 @@ async def connect(settings: DatabaseSettings, *, autocommit: bool = False) -> ps
         raise DatabaseUnavailable(f"cannot connect to {_describe(settings.dsn)}: {exc}") from exc
 
 
-async def open_pool(settings: DatabaseSettings, *, name: str = "wearline") -> AsyncConnectionPool:
+async def open_pool(
+    settings: DatabaseSettings,
+    *,
+    name: str = "wearline",
+    configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+) -> AsyncConnectionPool:
     """An opened pool; a bad DSN fails here, at start-up, not on the first write. Close it with ``await pool.close()``."""
     pool = AsyncConnectionPool(
         settings.dsn,
         min_size=settings.pool_min,
         max_size=settings.pool_max,
         kwargs=connection_kwargs(settings),
+        configure=configure,
         name=name,
         open=False,
     )
