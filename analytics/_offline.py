@@ -7,17 +7,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from analytics._base import DataError, Detector, Matrix, RulEstimator, RulPrediction, RunHistory, Vector
 from analytics._ewma import EwmaMad
 from analytics._iforest import IsolationForest
 from analytics._mahalanobis import Mahalanobis
 from analytics._pca import PcaT2Q
-from analytics._regime import ConditionEncoder
+from analytics._regime import Codes, ConditionEncoder
 from analytics._rul_gbm import GbmRul
 from analytics._rul_trend import TrendRul
 from analytics._tabular import Table
 from analytics._threshold import Thresholded
+from analytics._unit_reference import UnitReference, row_changes
 
 __all__ = ["AnomalyModel", "DetectorName", "RulModel", "RulName", "default_features", "make_detector", "make_rul"]
 
@@ -172,12 +174,22 @@ class RulModel:
 
 @dataclass
 class AnomalyModel:
-    """A thresholded detector plus the feature and condition columns it reads."""
+    """A thresholded detector plus the feature and condition columns it reads.
+
+    With a ``unit`` column each unit is a stream of its own: its rows (in time order) are measured against its
+    own first rows (:class:`UnitReference`), and with ``changes`` the detector also sees each sensor's change
+    from the row before (:func:`row_changes`), named ``Δ<sensor>``.
+    """
 
     features: list[str]
     condition: list[str]
     detector: Thresholded
     conditions: _Conditions | None = None
+    unit: str | None = None
+    reference: UnitReference | None = None
+    changes: bool = False
+    warmup: int = 3
+    """Rows at the start of a unit whose changes are not scored (a cold start moves every sensor)."""
 
     @classmethod
     def fit(
@@ -189,41 +201,86 @@ class AnomalyModel:
         detector: DetectorName = "mahalanobis",
         persistence: int = 1,
         window: int = 12,
+        unit: str | None = None,
+        reference_rows: int = 96,
+        changes: bool = True,
         seed: int = 0,
     ) -> AnomalyModel:
-        feats = list(features) if features else default_features(table, list(condition))
-        table.need([*feats, *condition], "feature/condition")
+        """Fit on normal rows of ``table``. With ``unit``, each unit is referenced to its own first
+        ``reference_rows`` rows (0: not referenced), and ``changes`` adds row-to-row changes."""
+        exclude = [*condition, *([unit] if unit else [])]
+        feats = list(features) if features else default_features(table, exclude)
+        table.need([*feats, *condition, *([unit] if unit else [])], "feature/condition/unit")
         det = make_detector(detector, condition, seed)
-        det.set_features([*feats, *condition])
-        model = cls(
-            feats,
-            list(condition),
-            Thresholded(det, persistence=persistence, window=window),
-            _Conditions(list(condition)),
-        )
-        model.detector.calibrate(model.matrix(table))
+        with_changes = changes and unit is not None
+        det.set_features([*feats, *([f"Δ{f}" for f in feats] if with_changes else []), *condition])
+        conds = _Conditions(list(condition))
+        conds.fit_codes(table)
+        model = cls(feats, list(condition), Thresholded(det, persistence=persistence, window=window), conds, unit, None)
+        model.changes = with_changes
+        raw, codes = model._raw(table), model._codes(table)
+        if unit and reference_rows > 0:
+            n = len(feats)
+            model.reference = UnitReference(rows=reference_rows).fit(
+                [(raw[idx, :n], codes[idx]) for idx in model._units(table)]
+            )
+        model.detector.calibrate(model.prepare(raw, codes, model._units(table)))
         return model
 
+    def prepare(self, raw: Matrix, codes: Codes, units: Sequence[npt.NDArray[np.int64]]) -> Matrix:
+        """The detector's input from raw rows (the features, then the condition columns) and their regime codes;
+        ``units`` holds each unit's row indices in time order."""
+        n = len(self.features)
+        sensors = raw[:, :n].copy()
+        changes = np.zeros((len(raw), n if self.changes else 0))
+        for idx in units:
+            if self.reference is not None:
+                sensors[idx] = self.reference.transform(sensors[idx], codes[idx])
+            if self.changes:
+                changes[idx] = row_changes(sensors[idx], codes[idx], warmup=self.warmup)
+        return np.hstack([sensors, changes, raw[:, n:]])
+
     def matrix(self, table: Table) -> Matrix:
-        """The detector's input: the features, then the condition columns (text conditions as category codes)."""
+        """The detector's input for the rows of ``table``."""
+        return self.prepare(self._raw(table), self._codes(table), self._units(table))
+
+    def score(self, table: Table) -> tuple[Vector, npt.NDArray[np.bool_]]:
+        """Score and flag each row of ``table`` (in file order; each unit is a stream of its own)."""
+        scores = self.detector.detector.score_many(self.matrix(table))
+        flags = np.zeros(len(scores), dtype=bool)
+        for idx in self._units(table):
+            flags[idx] = self.detector.restarted().flag_many(scores[idx])
+        return scores, flags
+
+    def contributions(self, rows: Matrix) -> Matrix:
+        """Per prepared row and feature, how much that sensor drove the score (its change included)."""
+        c = self.detector.detector.contributions(rows)
+        n = len(self.features)
+        return c[:, :n] + c[:, n : 2 * n] if self.changes else c[:, :n]
+
+    def drivers(self, table: Table, top: int = 3) -> list[list[str]]:
+        """The ``top`` sensors that drove each row's score."""
+        order = np.argsort(-self.contributions(self.matrix(table)), axis=1)[:, :top]
+        return [[self.features[j] for j in row] for row in order]
+
+    def _raw(self, table: Table) -> Matrix:
         table.need([*self.features, *self.condition], "model's")
         rows = _matrix(table, self.features)
         if self.conditions is not None and self.condition:
             rows = np.hstack([rows, self.conditions.matrix(table)])
         return rows
 
-    def score(self, table: Table) -> tuple[Vector, np.ndarray]:
-        """Score and flag each row of ``table`` (in file order)."""
-        scores = self.detector.detector.score_many(self.matrix(table))
-        return scores, self.detector.flag_many(scores)
+    def _codes(self, table: Table) -> Codes:
+        codes = self.conditions.codes(table) if self.conditions is not None else None
+        return np.zeros(len(table), dtype=np.int64) if codes is None else codes
 
-    def drivers(self, table: Table, top: int = 3) -> list[list[str]]:
-        """The ``top`` features that drove each row's score."""
-        det = self.detector.detector
-        c = det.contributions(self.matrix(table))
-        names = det.feature_names
-        order = np.argsort(-c, axis=1)[:, :top]
-        return [[names[j] for j in row] for row in order]
+    def _units(self, table: Table) -> list[npt.NDArray[np.int64]]:
+        """Row indices of each unit, in file order (all rows are one unit without a unit column)."""
+        if not self.unit:
+            return [np.arange(len(table))]
+        table.need([self.unit], "unit")
+        units = np.array(table.cols[self.unit])
+        return [np.flatnonzero(units == u) for u in dict.fromkeys(units.tolist())]
 
 
 def _matrix(table: Table, cols: Sequence[str]) -> Matrix:

@@ -125,6 +125,14 @@ def anomaly_fit(
     columns: ColsOpt = None,
     detector: Annotated[str, typer.Option(help="mahalanobis, pca, iforest or ewma.")] = "mahalanobis",
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 1,
+    unit: Annotated[
+        str | None,
+        typer.Option(help="Column naming the unit (machine): each is measured against its own first rows."),
+    ] = None,
+    reference_rows: Annotated[int, typer.Option(min=0, help="With --unit: rows that make a unit's reference.")] = 96,
+    changes: Annotated[
+        bool, typer.Option(help="With --unit: also score each sensor's change from the row before.")
+    ] = True,
     seed: int = 0,
 ) -> None:
     """Fit a detector on normal operation and pick its threshold from held-out normal rows."""
@@ -141,6 +149,9 @@ def anomaly_fit(
             condition=_cols(condition),
             detector=detector,  # type: ignore[arg-type]
             persistence=persistence,
+            unit=unit,
+            reference_rows=reference_rows,
+            changes=changes,
             seed=seed,
         )
         meta = save_model(
@@ -151,6 +162,9 @@ def anomaly_fit(
                 "detector": detector,
                 "threshold": fitted.detector.threshold,
                 "persistence": persistence,
+                "unit": unit,
+                "reference_rows": reference_rows if unit else 0,
+                "changes": fitted.changes,
                 "seed": seed,
                 "training": {"file": str(train), "rows": len(table), "columns": table.names},
                 "features": fitted.features,
@@ -239,6 +253,13 @@ def eval_(
             help="Alarms outside labelled faults while true health is below this are early, not false.",
         ),
     ] = 0.8,
+    reference_rows: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Detectors measure each unit against its own first ROWS rows and see row-to-row changes; 0: off.",
+        ),
+    ] = 96,
     seed: int = 0,
 ) -> None:
     """Anomaly precision/recall/F1, false alarms per machine-day, detection delay; RUL RMSE, MAE, PHM08 score and
@@ -256,6 +277,7 @@ def eval_(
             grace_h=grace_h,
             rul_cap_share=rul_cap_share,
             incipient_health=incipient_health,
+            reference_rows=reference_rows,
             seed=seed,
             echo=typer.echo,
         )
