@@ -4,7 +4,8 @@ Each machine is scored from a stored watermark, in the same transaction that rec
 moves the watermark, so a restarted worker resumes where the last commit left off and no reading is scored
 twice. Machines are split between workers by leases (:mod:`analytics._leases`). A streaming detector's state is
 kept in memory between passes and rebuilt from the rows just before the watermark when it is missing or stale
-(after a restart, or when the machine was another worker's).
+(after a restart, or when the machine was another worker's). RUL models read the machine's whole history as
+hourly means from the ``readings_hourly`` rollup (migration 0006), the shape they were trained on.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from analytics._base import Matrix, RunHistory
@@ -31,14 +33,20 @@ from analytics._leases import claim_machines, release_all
 from analytics._registry import ModelCache
 from analytics._threshold import Thresholded
 from wearline.db import open_pool
+from wearline.db.migrations.v0006_readings_hourly import POSITIONS as ROLLUP_POSITIONS
 from wearline.settings import Settings
 
 __all__ = ["AnalyticsSummary", "run_analytics"]
 
 log = logging.getLogger(__name__)
 DETECTOR = "ewma_mad"
+HOURLY = "hourly"
+"""The watermark of the registered models, which score complete hours of the rollup."""
 MAX_ROWS_PER_PASS = 5000
-RUL_HISTORY_ROWS = 500
+RUL_HISTORY_HOURS = 20_000
+"""Newest hourly rows an RUL model sees (2.3 years); the machine's age still counts from its first reading."""
+MACHINE_REFRESH_S = 300.0
+"""How long a machine's sensor names, type and first reading are trusted before they are read again."""
 
 
 @dataclass
@@ -83,6 +91,66 @@ class _Stream:
     detector: EwmaMad
 
 
+@dataclass(frozen=True)
+class _Machine:
+    """What the worker keeps of a machine between passes, instead of reading it on every pass."""
+
+    sensors: tuple[str, ...]
+    """Sensor names by position (``sensors[0]`` names ``vals[1]``)."""
+    machine_type: str | None
+    first: datetime | None
+    """The machine's first reading: it only moves on a backfill, which the periodic refresh catches."""
+    width: int
+    """The widest reading seen when this was read: a wider one means sensors were added since."""
+    read_at: float
+
+    def names(self) -> list[str]:
+        """A name per value position up to ``width``; positions without a registered sensor are ``#n``."""
+        return [*self.sensors, *(f"#{i + 1}" for i in range(len(self.sensors), self.width))]
+
+
+async def _read_machine(conn: psycopg.AsyncConnection[Any], machine_id: int, width: int) -> _Machine:
+    cur = await conn.execute(
+        """SELECT t.name,
+                  ARRAY(SELECT s.name FROM sensors s WHERE s.machine_id = m.machine_id ORDER BY s.position),
+                  (SELECT min(r.time) FROM readings r WHERE r.machine_id = m.machine_id)
+           FROM machines m LEFT JOIN machine_types t ON t.type_id = m.type_id WHERE m.machine_id = %s""",
+        [machine_id],
+    )
+    row = await cur.fetchone()
+    mtype, sensors, first = row if row else (None, [], None)
+    return _Machine(tuple(sensors), mtype, first, max(width, len(sensors)), time.monotonic())
+
+
+async def _hourly_rows(
+    conn: psycopg.AsyncConnection[Any],
+    machine_id: int,
+    positions: list[int | None],
+    *,
+    until: datetime,
+    since: datetime | None = None,
+    head_until: datetime | None = None,
+    limit: int,
+) -> tuple[list[datetime], Matrix]:
+    """Bucket starts and hourly means at value ``positions`` (None: a NaN column), oldest first, of the newest
+    ``limit`` hours up to ``until``; with ``since``, only the hours from ``since`` on and those before
+    ``head_until`` (the machine's first hours)."""
+    cols = sorted({p for p in positions if p is not None})
+    query = sql.SQL(
+        """SELECT bucket{} FROM readings_hourly WHERE machine_id = %s AND bucket <= %s
+           AND (%s::timestamptz IS NULL OR bucket >= %s OR bucket < %s) ORDER BY bucket DESC LIMIT %s"""
+    ).format(sql.SQL("").join(sql.SQL(", ") + sql.Identifier(f"mean_{p}") for p in cols))
+    cur = await conn.execute(query, [machine_id, until, since, since, head_until, limit])
+    rows = (await cur.fetchall())[::-1]
+    means = np.array([[np.nan if v is None else v for v in r[1:]] for r in rows], dtype=np.float64)
+    at = {p: i for i, p in enumerate(cols)}
+    values = np.full((len(rows), len(positions)), np.nan)
+    for j, p in enumerate(positions):
+        if p is not None:
+            values[:, j] = means[:, at[p]]
+    return [r[0] for r in rows], values
+
+
 class _Scorer:
     """One worker's scoring of one machine at a time, with the streaming states it keeps between passes."""
 
@@ -90,6 +158,14 @@ class _Scorer:
         self.settings = settings
         self.models = models
         self.streams: dict[int, _Stream] = {}
+        self.machines: dict[int, _Machine] = {}
+
+    async def _machine(self, conn: psycopg.AsyncConnection[Any], machine_id: int, width: int) -> _Machine:
+        """The machine as last read, read again when older than ``MACHINE_REFRESH_S`` or narrower than ``width``."""
+        known = self.machines.get(machine_id)
+        if known is None or width > known.width or time.monotonic() - known.read_at > MACHINE_REFRESH_S:
+            known = self.machines[machine_id] = await _read_machine(conn, machine_id, width)
+        return known
 
     def _fresh(self) -> EwmaMad:
         an = self.settings.analytics
@@ -121,16 +197,9 @@ class _Scorer:
             new = await cur.fetchall()
             if not new:
                 return 0, 0, 0, None
-            cur = await conn.execute(
-                """SELECT s.position, s.name, t.name FROM sensors s JOIN machines m USING (machine_id)
-                   LEFT JOIN machine_types t ON t.type_id = m.type_id WHERE s.machine_id = %s ORDER BY s.position""",
-                [machine_id],
-            )
-            meta = await cur.fetchall()
-            names = [r[1] for r in meta]
-            mtype = meta[0][2] if meta and meta[0][2] else None
-            width = max(len(names), *(len(r[1]) for r in new))
-            names += [f"#{i + 1}" for i in range(len(names), width)]
+            machine = await self._machine(conn, machine_id, max(len(r[1]) for r in new))
+            width = machine.width
+            names = machine.names()
             stream = self.streams.get(machine_id)
             if stream is None or watermark is None or stream.last != watermark:
                 det = self._fresh()
@@ -161,10 +230,8 @@ class _Scorer:
                     detector=DETECTOR,
                     threshold=an.z_threshold,
                 )
-            anomalies += await self._multivariate(
-                conn=conn, machine_id=machine_id, mtype=mtype, names=names, new=new, x=x
-            )
-            ruls = await self._rul(conn, machine_id, mtype, names, new[-1][0])
+            anomalies += await self._hourly_anomalies(conn, machine_id, machine, new[-1][0])
+            ruls = await self._rul(conn, machine_id, machine, new[-1][0])
             await conn.execute(
                 """INSERT INTO analytics_watermarks (machine_id, detector, last_time) VALUES (%s, %s, %s)
                    ON CONFLICT (machine_id, detector) DO UPDATE SET last_time = excluded.last_time,
@@ -175,49 +242,72 @@ class _Scorer:
         self.streams[machine_id] = stream
         return len(new), anomalies, ruls, new[-1][0]
 
-    async def _multivariate(
-        self,
-        *,
-        conn: psycopg.AsyncConnection[Any],
-        machine_id: int,
-        mtype: str | None,
-        names: list[str],
-        new: list[tuple[Any, ...]],
-        x: Matrix,
+    async def _hourly_anomalies(
+        self, conn: psycopg.AsyncConnection[Any], machine_id: int, machine: _Machine, last: datetime
     ) -> int:
-        model = await self.models.anomaly(conn, mtype) if mtype else None
+        """Score the machine's complete hours after its hourly watermark with its type's registered model.
+
+        Models are fit on hourly rows (``wearline anomaly fit``, the offline files' shape), so they score the
+        hourly rollup: the machine's first hours (its own reference, for a model fit with ``--unit``), the
+        ``context`` hours before the watermark (row-to-row changes and the persistence and window rules pick up
+        where the last pass left off, without state kept in memory) and the new complete hours.
+        """
+        model = await self.models.anomaly(conn, machine.machine_type) if machine.machine_type else None
         if model is None:
             return 0
         version, am = model
-        det = am.detector.detector
-        cols = [*am.features, *am.condition]
-        idx = {n: i for i, n in enumerate(names)}
-        absent = [f for f in am.features if f not in idx]
+        absent = [f for f in am.features if f not in machine.sensors[:ROLLUP_POSITIONS]]
         if absent:
             # A model trained on other sensor names would flag every row as a dropout: skip it, loudly.
-            log.warning("machine %d: %s model %s needs sensors it lacks: %s", machine_id, mtype, version, absent)
+            log.warning("machine %d: model %s needs sensors the rollup lacks: %s", machine_id, version, absent)
             return 0
-        rows = np.column_stack([x[:, idx[c]] if c in idx else np.full(len(x), np.nan) for c in cols])
-        scores = det.score_many(rows)
-        flags = am.detector.restarted().flag_many(scores)
+        cur = await conn.execute(
+            "SELECT last_time FROM analytics_watermarks WHERE machine_id = %s AND detector = %s FOR UPDATE",
+            [machine_id, HOURLY],
+        )
+        wm_row = await cur.fetchone()
+        watermark: datetime | None = wm_row[0] if wm_row else None
+        wrapper = am.detector.restarted()
+        context = max(wrapper.persistence, wrapper.window, 1)
+        head = am.reference.rows if am.reference is not None and machine.first is not None else 0
+        positions = [machine.sensors.index(f) + 1 for f in am.features]
+        # An hour is complete once a reading at or after its end has been scored.
+        buckets, values = await _hourly_rows(
+            conn,
+            machine_id,
+            positions,
+            until=last - timedelta(hours=1),
+            since=None if watermark is None else watermark - timedelta(hours=context),
+            head_until=None if machine.first is None else machine.first + timedelta(hours=head),
+            limit=head + context + MAX_ROWS_PER_PASS + 2,
+        )
+        fresh = np.array([watermark is None or b > watermark for b in buckets], dtype=bool)
+        if not fresh.any():
+            return 0
+        raw = np.hstack([values, np.full((len(values), len(am.condition)), np.nan)])
+        rows = am.prepare(raw, np.zeros(len(raw), dtype=np.int64), [np.arange(len(raw))])
+        # Hours before the watermark were scored in an earlier pass: they only warm up the rules here.
+        flags = wrapper.flag_many(am.detector.detector.score_many(rows))[fresh]
+        await conn.execute(
+            """INSERT INTO analytics_watermarks (machine_id, detector, last_time) VALUES (%s, %s, %s)
+               ON CONFLICT (machine_id, detector) DO UPDATE SET last_time = excluded.last_time, updated_at = now()""",
+            [machine_id, HOURLY, buckets[-1]],
+        )
         if not flags.any():
             return 0
-        per = det.contributions(rows)
-        name = f"{type(det).__name__.lower()}:{version}"
         return await _record(
             conn,
             machine_id,
-            new=new,
-            per=per,
+            new=[(b,) for b, f in zip(buckets, fresh, strict=True) if f],
+            per=am.contributions(rows)[fresh],
             flags=flags,
-            names=list(det.feature_names),
-            detector=name,
+            names=am.features,
+            detector=f"{type(am.detector.detector).__name__.lower()}:{version}",
             threshold=float(am.detector.threshold or 0),
         )
 
-    async def _rul(
-        self, conn: psycopg.AsyncConnection[Any], machine_id: int, mtype: str | None, names: list[str], last: datetime
-    ) -> int:
+    async def _rul(self, conn: psycopg.AsyncConnection[Any], machine_id: int, machine: _Machine, last: datetime) -> int:
+        mtype = machine.machine_type
         model = await self.models.rul(conn, mtype) if mtype else None
         if model is None:
             return 0
@@ -225,21 +315,24 @@ class _Scorer:
         est = rm.estimators.get(mtype or "") or rm.estimators.get("all")
         if est is None:
             return 0
-        cur = await conn.execute(
-            "SELECT time, vals FROM readings WHERE machine_id = %s AND time <= %s ORDER BY time DESC LIMIT %s",
-            [machine_id, last, RUL_HISTORY_ROWS],
+        rolled = machine.sensors[:ROLLUP_POSITIONS]
+        beyond = [f for f in rm.features if f in machine.sensors[ROLLUP_POSITIONS:]]
+        if beyond:
+            log.warning("machine %d: RUL model reads sensors past the hourly rollup's width: %s", machine_id, beyond)
+        # The machine's history as hourly means, the shape RUL models are trained on (one row per hour, from the
+        # unit's start); a sensor the machine lacks, or the rollup leaves out, is a NaN column.
+        buckets, values = await _hourly_rows(
+            conn,
+            machine_id,
+            [rolled.index(f) + 1 if f in rolled else None for f in rm.features],
+            until=last,
+            limit=RUL_HISTORY_HOURS,
         )
-        hist = (await cur.fetchall())[::-1]
-        width = max(len(names), *(len(r[1]) for r in hist))
-        full = _matrix(hist, 1, width)
-        idx = {n: i for i, n in enumerate(names)}
-        vals = np.column_stack([full[:, idx[f]] if f in idx else np.full(len(full), np.nan) for f in rm.features])
-        hours = np.array([r[0].timestamp() / 3600.0 for r in hist])
-        # Age counts from the machine's first reading, as training counted from each unit's start.
-        cur = await conn.execute("SELECT min(time) FROM readings WHERE machine_id = %s", [machine_id])
-        first = await cur.fetchone()
-        start = first[0].timestamp() / 3600.0 if first and first[0] else None
-        pred = est.predict([RunHistory(str(machine_id), hours, vals, None, failed=False, start=start)])[0]
+        hours = np.array([b.timestamp() / 3600.0 for b in buckets])
+        if len(hours) == 0:
+            return 0
+        start = machine.first.timestamp() / 3600.0 if machine.first else None
+        pred = est.predict([RunHistory(str(machine_id), hours, values, None, failed=False, start=start)])[0]
         await conn.execute(
             """INSERT INTO rul_estimates (machine_id, time, model, model_version, rul_hours, lower_hours, upper_hours)
                VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",

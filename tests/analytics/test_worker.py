@@ -1,27 +1,46 @@
-"""The analytics worker on the real database: leases split machines, watermarks make every row scored once."""
+"""The analytics worker on the real database: leases split machines, watermarks make every row scored once, RUL
+models read the hourly rollup (``readings_hourly``) over each machine's history."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import statistics
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from analytics import AnalyticsSummary, AnomalyModel, RulModel, read_table, run_analytics, save_model
-from analytics._registry import read_model_file, register_model
-from wearline.db import connect, maintain_storage, storage_mode
+from analytics import (
+    AnalyticsSummary,
+    AnomalyModel,
+    RulEstimator,
+    RulModel,
+    RulPrediction,
+    RunHistory,
+    read_table,
+    run_analytics,
+    save_model,
+)
+from analytics import _worker as worker_module
+from analytics._registry import ModelCache, read_model_file, register_model
+from analytics._worker import MACHINE_REFRESH_S, _Scorer
+from wearline.db import connect, ensure_partitions, maintain_storage, storage_mode
+from wearline.db.migrations.v0006_readings_hourly import POSITIONS
 from wearline.settings import Settings
 
 MACHINES = 6
 SENSORS = ["vibration_rms", "bearing_temp", "flow"]
 FAULTY = 2  # index of the machine whose vibration jumps in the second batch
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+Row = tuple[int, datetime, list[float | None]]
+Hourly = dict[tuple[int, datetime], tuple[int, list[float | None]]]
 
 
 async def _setup(conn: psycopg.AsyncConnection[Any], settings: Settings) -> list[int]:
@@ -45,6 +64,51 @@ async def _setup(conn: psycopg.AsyncConnection[Any], settings: Settings) -> list
         for p, name in enumerate(SENSORS, start=1):
             await conn.execute("INSERT INTO sensors (machine_id, position, name) VALUES (%s, %s, %s)", [mid, p, name])
     return ids
+
+
+def _wear(hour: float, life: float) -> float:
+    return float(np.exp((hour - life) / (life / 4)))
+
+
+def _rul_model(tmp_path: Path, rng: np.random.Generator) -> RulModel:
+    """An RUL model fitted on hourly run-to-failure rows, as the offline simulator writes them; saved to r.model."""
+    runs = ["unit,time," + ",".join(SENSORS)]
+    for u in range(6):
+        life = 200 + 40 * u
+        for h in range(life + 1):
+            wear = _wear(h, life)
+            runs.append(f"u{u},{h},{1.8 + 3 * wear + 0.05 * rng.normal()},{51 + 20 * wear},{75}")
+    (tmp_path / "runs.csv").write_text("\n".join(runs) + "\n")
+    rul = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time", model="trend")
+    save_model(rul, tmp_path / "r.model", "rul", {})
+    return rul
+
+
+class _Probe(RulEstimator):
+    """An RUL model that keeps every history it is asked about: what the worker hands models, exactly, whatever
+    the real models make of it. Its RUL is the history's row count, so the written estimate shows it was used."""
+
+    seen: ClassVar[list[RunHistory]] = []
+
+    def fit(self, runs: Sequence[RunHistory], feature_names: Sequence[str]) -> _Probe:
+        self.feature_names = list(feature_names)
+        return self
+
+    def predict(self, runs: Sequence[RunHistory]) -> list[RulPrediction]:
+        self.seen.extend(runs)
+        return [RulPrediction(r.unit, float(r.time[-1]), float(len(r.time)), 0.0, 1e6) for r in runs]
+
+
+async def _type_with_models(conn: psycopg.AsyncConnection[Any], tmp_path: Path, files: Sequence[str]) -> list[str]:
+    """Every machine becomes a 'pump'; the model files are registered for that type. Returns their versions."""
+    await conn.execute("INSERT INTO machine_types (name) VALUES ('pump')")
+    await conn.execute("UPDATE machines SET type_id = (SELECT type_id FROM machine_types WHERE name = 'pump')")
+    versions = []
+    for f in files:
+        blob, meta = read_model_file(tmp_path / f)
+        versions.append(await register_model(conn, blob, meta, "pump"))
+    await conn.commit()
+    return versions
 
 
 async def _readings(conn: psycopg.AsyncConnection[Any], ids: list[int], first: int, count: int) -> None:
@@ -136,56 +200,88 @@ async def test_two_workers_split_machines_and_one_takes_over(migrated: Settings)
     assert leases_left == 0, "an orderly stop hands the machines back"
 
 
-async def test_worker_scores_with_registered_models_and_writes_rul(migrated: Settings, tmp_path: Path) -> None:
+def _level(i: int) -> float:
+    """Machine ``i``'s own vibration level: machines differ by more than the fault the test injects."""
+    return 0.4 * (i % 4)
+
+
+def _hourly_normal(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Hourly normal operation of eight machines with levels of their own: the shape `wearline anomaly fit` is
+    given (a unit column, one row per hour)."""
+    lines = ["unit,vibration_rms,bearing_temp,flow"]
+    for u in range(8):
+        for h in range(120):
+            load = 0.75 + 0.1 * np.sin(h / 7.0 + u)
+            vib = 1.2 + _level(u + 1) + 0.8 * load + 0.02 * rng.normal()
+            lines.append(f"u{u},{vib},{40 + 15 * load + 0.1 * rng.normal()},{100 * load + 0.2 * rng.normal()}")
+    path = tmp_path / "normal.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def _hours_of_readings(conn: psycopg.AsyncConnection[Any], ids: list[int], start: datetime, hours: range) -> None:
+    """A reading every 10 minutes; machine FAULTY's vibration rises by 0.6 mm/s from hour FAULT_HOUR on."""
+    rng = np.random.default_rng(hours.start)
+    async with conn.cursor() as cur, cur.copy("COPY readings (machine_id, time, vals) FROM STDIN") as copy:
+        for i, mid in enumerate(ids):
+            for h in hours:
+                load = 0.75 + 0.1 * np.sin(h / 7.0 + i)
+                for k in range(6):
+                    vib = (
+                        1.2
+                        + _level(i)
+                        + 0.8 * load
+                        + 0.05 * rng.normal()
+                        + (0.6 if i == FAULTY and h >= FAULT_HOUR else 0)
+                    )
+                    vals = [vib, 40 + 15 * load + 0.2 * rng.normal(), 100 * load + 0.5 * rng.normal()]
+                    await copy.write_row([mid, start + timedelta(hours=h, minutes=10 * k), vals])
+    await conn.commit()
+
+
+FAULT_HOUR = 20
+
+
+async def test_worker_scores_complete_hours_with_registered_models_and_writes_rul(
+    migrated: Settings, tmp_path: Path
+) -> None:
     settings = migrated
     rng = np.random.default_rng(3)
-    normal = ["vibration_rms,bearing_temp,flow"]
-    for k in range(600):
-        load = 0.75 + 0.1 * np.sin(k % 100 / 500.0 + k // 100)  # every machine's phase, as in _readings
-        normal.append(f"{1.2 + 0.8 * load + 0.05 * rng.normal()},{40 + 15 * load + 0.2 * rng.normal()},{100 * load}")
-    (tmp_path / "normal.csv").write_text("\n".join(normal) + "\n")
-    runs = ["unit,time,vibration_rms,bearing_temp,flow"]
-    for u in range(6):
-        life = 200 + 40 * u
-        for h in range(life + 1):
-            wear = np.exp((h - life) / (life / 4))
-            runs.append(f"u{u},{h},{1.8 + 3 * wear + 0.05 * rng.normal()},{51 + 20 * wear},{75}")
-    (tmp_path / "runs.csv").write_text("\n".join(runs) + "\n")
-    # The same models `wearline anomaly fit` and `wearline rul fit` write (the CLI itself is tested elsewhere;
-    # here it would reconfigure logging for the whole test process).
-    anomaly = AnomalyModel.fit(read_table(tmp_path / "normal.csv"))
+    # Each machine is measured against its own first 24 hours: the fault (0.6) is smaller than the spread of
+    # the machines' levels (1.2), so a model of the fleet's levels alone would miss it or flag healthy machines.
+    anomaly = AnomalyModel.fit(read_table(_hourly_normal(tmp_path, rng)), unit="unit", reference_rows=24, persistence=2)
     save_model(anomaly, tmp_path / "a.model", "anomaly", {})
-    rul = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time", model="trend")
-    save_model(rul, tmp_path / "r.model", "rul", {})
+    _rul_model(tmp_path, rng)
+    start = _hour(datetime.now(UTC)) - timedelta(hours=70)
     conn = await connect(settings.database)
     async with conn:
+        await _days_back_to(conn, settings, start)
         ids = await _setup(conn, settings)
-        await conn.execute("INSERT INTO machine_types (name) VALUES ('pump')")
-        await conn.execute("UPDATE machines SET type_id = (SELECT type_id FROM machine_types WHERE name = 'pump')")
-        versions = []
-        for f in ("a.model", "r.model"):
-            blob, meta = read_model_file(tmp_path / f)
-            versions.append(await register_model(conn, blob, meta, "pump"))
-        await conn.commit()
-        await _readings(conn, ids, 0, 600)
+        versions = await _type_with_models(conn, tmp_path, ["a.model", "r.model"])
         stop = asyncio.Event()
         task = asyncio.create_task(run_analytics(settings, stop, registry=CollectorRegistry(), worker="solo"))
         try:
-            await _wait(
-                conn,
-                "SELECT count(DISTINCT machine_id) FROM rul_estimates",
-                [],
-                MACHINES,
-                "RUL estimates",
-            )
+            # Two batches: the second pass continues from the hourly watermark the first one left.
+            for hours in (range(30), range(30, 60)):
+                await _hours_of_readings(conn, ids, start, hours)
+                last_complete = start + timedelta(hours=hours.stop - 2)  # the last hour has no reading after it
+                await _wait(
+                    conn,
+                    "SELECT count(*) FROM analytics_watermarks WHERE detector = 'hourly' AND last_time = %s",
+                    [last_complete],
+                    MACHINES,
+                    f"hours up to {hours.stop - 2}",
+                )
+            await _wait(conn, "SELECT count(DISTINCT machine_id) FROM rul_estimates", [], MACHINES, "RUL estimates")
         finally:
             stop.set()
             summary = await task
         cur = await conn.execute("SELECT DISTINCT model_version FROM rul_estimates")
         rul_versions = [r[0] for r in await cur.fetchall()]
         cur = await conn.execute(
-            "SELECT m.name, a.detector, a.sensors FROM anomalies a JOIN machines m USING (machine_id) "
-            "WHERE a.detector LIKE 'mahalanobis:%'"
+            "SELECT m.name, a.time, a.sensors FROM anomalies a JOIN machines m USING (machine_id) "
+            "WHERE a.detector = %s",
+            [f"mahalanobis:{versions[0]}"],
         )
         multivariate = await cur.fetchall()
         cur = await conn.execute(
@@ -195,7 +291,13 @@ async def test_worker_scores_with_registered_models_and_writes_rul(migrated: Set
     assert summary.rul_estimates >= MACHINES
     assert rul_versions == [versions[1]]
     assert ordered
-    assert {m for m, _, _ in multivariate} == {f"pump-{FAULTY}"}
+    assert {m for m, _, _ in multivariate} == {f"pump-{FAULTY}"}, multivariate
+    # One anomaly row per pass: in the first batch from the fault on, in the second at its first hour (an hour
+    # the first pass scored is context only, never scored again).
+    times = sorted(t for _, t, _ in multivariate)
+    assert len(times) == 2, times
+    assert start + timedelta(hours=FAULT_HOUR) <= times[0] < start + timedelta(hours=29)
+    assert times[1] == start + timedelta(hours=29), "the second pass starts at the first hour it had not scored"
     assert all(s[0] == "vibration_rms" for _, _, s in multivariate)
 
 
@@ -226,3 +328,194 @@ async def test_a_crashed_workers_machines_are_taken_over_when_its_leases_expire(
             summary_b = await task_b
     assert summary_b.machines == set(ids)
     assert summary_b.rows_scored == MACHINES * 100
+
+
+# -- the hourly rollup and the RUL history read from it ------------------------------------------------------
+
+
+def _hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _hourly(rows: Sequence[Row]) -> Hourly:
+    """What ``readings_hourly`` must hold, computed here: per machine and UTC hour, the row count and the mean of
+    each position over the elements present and not NULL."""
+    groups: dict[tuple[int, datetime], list[list[float | None]]] = {}
+    for mid, t, vals in rows:
+        groups.setdefault((mid, _hour(t)), []).append(vals)
+    out: Hourly = {}
+    for key, rows_of_hour in groups.items():
+        means: list[float | None] = []
+        for p in range(POSITIONS):
+            present = [x for x in (v[p] for v in rows_of_hour if p < len(v)) if x is not None]
+            means.append(statistics.fmean(present) if present else None)
+        out[key] = (len(rows_of_hour), means)
+    return out
+
+
+def _rounded(hourly: Hourly) -> Hourly:
+    # The server sums in another order than fmean: equal to 9 places is equal.
+    return {k: (n, [None if m is None else round(m, 9) for m in means]) for k, (n, means) in hourly.items()}
+
+
+async def _read_rollup(conn: psycopg.AsyncConnection[Any]) -> Hourly:
+    means = ", ".join(f"mean_{p}" for p in range(1, POSITIONS + 1))
+    cur = await conn.execute(f"SELECT machine_id, bucket, n_readings, {means} FROM readings_hourly")
+    got = {(r[0], r[1]): (r[2], list(r[3:])) for r in await cur.fetchall()}
+    await conn.commit()
+    return _rounded(got)
+
+
+async def _copy(conn: psycopg.AsyncConnection[Any], rows: Sequence[Row]) -> None:
+    async with conn.cursor() as cur, cur.copy("COPY readings (machine_id, time, vals) FROM STDIN") as copy:
+        for row in rows:
+            await copy.write_row(row)
+    await conn.commit()
+
+
+async def _days_back_to(conn: psycopg.AsyncConnection[Any], settings: Settings, first: datetime) -> None:
+    """Native mode has partitions only around today: add the days back to ``first``."""
+    if await storage_mode(conn, settings.database.schema_name) == "native":
+        await ensure_partitions(conn, first.date(), datetime.now(UTC).date())
+        await conn.commit()
+
+
+def _hour_rows(rng: np.random.Generator, mid: int, hour: datetime, now: datetime) -> list[Row]:
+    """Up to 8 rows in ``hour`` (none after ``now``), of 2 to 4 values, a quarter of them NULL."""
+    rows: list[Row] = []
+    for m in range(8):
+        t = hour + timedelta(minutes=7 * m, seconds=int(rng.integers(60)))
+        width = int(rng.choice([2, 3, 3, 4]))
+        vals = [None if rng.random() < 0.25 else float(rng.normal(10 * (p + 1), 1)) for p in range(width)]
+        if t <= now:
+            rows.append((mid, t, vals))
+    return rows
+
+
+async def test_hourly_rollup_counts_rows_and_averages_each_position_ignoring_nulls(
+    migrated: Settings, storage: str
+) -> None:
+    settings = migrated
+    now = datetime.now(UTC)
+    base = _hour(now) - timedelta(hours=40)
+    rng = np.random.default_rng(5)
+    async with await connect(settings.database) as conn:
+        ids = await _setup(conn, settings)
+        await _days_back_to(conn, settings, base)
+        hours = [base + timedelta(hours=h) for h in (0, 1, 2, 38, 39, 40)]  # 40: the current hour
+        rows = [r for mid in ids[:2] for h in hours for r in _hour_rows(rng, mid, h, now)]
+        rows.append((ids[0], base + timedelta(minutes=30), [None, None, None]))  # counted, in no mean
+        await _copy(conn, rows)
+        if storage == "timescaledb":
+            # Hours before base + 39 h come from the materialization, the newer ones from real-time aggregation.
+            await _refresh(settings, base + timedelta(hours=39))
+        assert await _read_rollup(conn) == _rounded(_hourly(rows))
+        # Late rows, as an ingest backlog replays them, into hours already materialized (one 39 h old).
+        late: list[Row] = [
+            (ids[0], base + timedelta(hours=1, minutes=59), [100.0, None, 7.0]),
+            (ids[1], hours[3], [50.0]),
+        ]
+        await _copy(conn, late)
+        if storage == "timescaledb":
+            await _run_refresh_policy(conn, settings)
+        assert await _read_rollup(conn) == _rounded(_hourly(rows + late))
+
+
+async def _refresh(settings: Settings, until: datetime) -> None:
+    async with await connect(settings.database, autocommit=True) as auto:  # a refresh cannot run in a transaction
+        await auto.execute("CALL refresh_continuous_aggregate('readings_hourly', NULL, %s::timestamptz)", [until])
+
+
+async def _run_refresh_policy(conn: psycopg.AsyncConnection[Any], settings: Settings) -> None:
+    cur = await conn.execute(
+        """SELECT j.job_id, c.materialized_only FROM timescaledb_information.jobs j
+           JOIN timescaledb_information.continuous_aggregates c
+             ON c.view_schema = j.hypertable_schema AND c.view_name = j.hypertable_name
+           WHERE c.view_schema = %s AND c.view_name = 'readings_hourly'
+             AND j.proc_name = 'policy_refresh_continuous_aggregate'""",
+        [settings.database.schema_name],
+    )
+    found = await cur.fetchall()
+    await conn.commit()
+    assert len(found) == 1, f"one refresh policy on readings_hourly, found {found}"
+    job, materialized_only = found[0]
+    assert materialized_only is False, "real-time aggregation must be on: the current hour comes from it"
+    async with await connect(settings.database, autocommit=True) as auto:
+        await auto.execute("CALL run_job(%s)", [job])
+
+
+async def test_worker_gives_rul_models_hourly_means_since_the_first_reading(
+    migrated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RUL model gets the machine's hourly means (NULLs left out) from its first hour, or the newest
+    ``RUL_HISTORY_HOURS``, to its newest, at the bucket starts, aged from its first reading."""
+    settings = migrated
+    cap = 48  # so that one machine's 91 hours are cut and its age must come from its first reading
+    monkeypatch.setattr(worker_module, "RUL_HISTORY_HOURS", cap)
+    rul = dataclasses.replace(_rul_model(tmp_path, np.random.default_rng(3)), estimators={"all": _Probe()})
+    save_model(rul, tmp_path / "r.model", "rul", {})
+    _Probe.seen.clear()
+    rng = np.random.default_rng(8)
+    now = datetime.now(UTC)
+    rows: list[Row] = []
+    spans = [40, 90]  # hours of history per machine: within the cap, and past it
+    async with await connect(settings.database) as conn:
+        ids = await _setup(conn, settings)
+        await _type_with_models(conn, tmp_path, ["r.model"])
+        for span, mid in zip(spans, ids, strict=False):
+            first = now - timedelta(hours=span, minutes=23)
+            for k in range(int((now - first).total_seconds() // 600) + 1):  # a row every 10 minutes
+                t = first + timedelta(minutes=10 * k)
+                h = (t - first).total_seconds() / 3600
+                wear = _wear(h, span + 60.0)
+                temp = None if k % 4 == 0 or int(h) == 30 else 51 + 20 * wear + 0.5 * rng.normal()
+                vals: list[float | None] = [1.8 + 3 * wear + 0.3 * rng.normal(), temp, 75.0 + rng.normal()]
+                rows.append((mid, t, vals if k % 9 else vals[:2]))  # some rows lack the last sensor
+        await _days_back_to(conn, settings, min(t for _, t, _ in rows))
+        await _copy(conn, rows)
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_analytics(settings, stop, registry=CollectorRegistry(), worker="solo"))
+        try:
+            await _wait(conn, "SELECT count(DISTINCT machine_id) FROM rul_estimates", [], len(spans), "RUL estimates")
+        finally:
+            stop.set()
+            await task
+        cur = await conn.execute("SELECT machine_id, time, rul_hours FROM rul_estimates ORDER BY machine_id")
+        written = await cur.fetchall()
+    hourly = _hourly(rows)
+    position = [SENSORS.index(f) for f in rul.features]
+    seen = {h.unit: h for h in _Probe.seen}
+    assert len(_Probe.seen) == len(spans), "one estimate per machine: all its rows came in one pass"
+    for (mid, at, rul_hours), span in zip(written, spans, strict=True):
+        mine = [t for m, t, _ in rows if m == mid]
+        buckets = sorted(b for m, b in hourly if m == mid)
+        assert (len(buckets) > cap) == (span > cap), "one whole history within the cap, one cut"
+        buckets = buckets[-cap:]
+        got = seen[str(mid)]
+        assert (at, rul_hours) == (max(mine), len(buckets)), "the model's estimate, at the newest reading"
+        assert got.time.tolist() == [b.timestamp() / 3600 for b in buckets], f"machine {mid}: one row per hour"
+        want = np.array([[hourly[mid, b][1][p] for p in position] for b in buckets], dtype=np.float64)
+        np.testing.assert_allclose(got.values, want, rtol=1e-12, err_msg=f"machine {mid}: hourly means")
+        assert got.start == min(mine).timestamp() / 3600, f"machine {mid}: aged from its first reading"
+        assert not got.failed
+
+
+async def test_machine_metadata_is_read_once_and_again_for_a_wider_reading_or_when_old(migrated: Settings) -> None:
+    settings = migrated
+    async with await connect(settings.database) as conn:
+        ids = await _setup(conn, settings)
+        await _readings(conn, ids[:1], 0, 10)
+        scorer = _Scorer(settings, ModelCache())
+        known = await scorer._machine(conn, ids[0], 3)
+        assert (known.sensors, known.machine_type, known.first) == (tuple(SENSORS), None, START)
+        await conn.execute("INSERT INTO sensors (machine_id, position, name) VALUES (%s, 4, 'pressure')", [ids[0]])
+        await conn.execute("INSERT INTO machine_types (name) VALUES ('pump')")
+        await conn.execute("UPDATE machines SET type_id = (SELECT type_id FROM machine_types WHERE name = 'pump')")
+        await conn.commit()
+        assert await scorer._machine(conn, ids[0], 3) is known, "cached: no read on every pass"
+        wider = await scorer._machine(conn, ids[0], 4)
+        assert (wider.sensors[-1], wider.machine_type) == ("pressure", "pump")
+        await conn.execute("UPDATE machine_types SET name = 'pump-v2'")
+        await conn.commit()
+        scorer.machines[ids[0]] = dataclasses.replace(wider, read_at=wider.read_at - MACHINE_REFRESH_S - 1)
+        assert (await scorer._machine(conn, ids[0], 4)).machine_type == "pump-v2", "read again when old"
