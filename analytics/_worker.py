@@ -89,6 +89,8 @@ def _matrix(rows: list[tuple[Any, ...]], col: int, width: int) -> Matrix:
 class _Stream:
     last: datetime
     detector: EwmaMad
+    flags: Thresholded
+    """Carries the persistence rule's run of rows across passes: a worker that keeps up scores a few rows a pass."""
 
 
 @dataclass(frozen=True)
@@ -211,13 +213,14 @@ class _Scorer:
                         [machine_id, watermark, an.baseline_rows],
                     )
                     det.learn_many(_matrix((await cur.fetchall())[::-1], 1, width))
-                stream = _Stream(new[-1][0], det)
+                stream = _Stream(
+                    new[-1][0], det, Thresholded(det, threshold=an.z_threshold, persistence=an.min_flagged)
+                )
             det = stream.detector
             det.set_features(names)
             x = _matrix(new, 1, width)
             per = det.sensor_scores(x)
-            wrapper = Thresholded(det, threshold=an.z_threshold, persistence=an.min_flagged)
-            flags = wrapper.flag_many(per.max(axis=1, initial=0.0))
+            flags = stream.flags.flag_many(per.max(axis=1, initial=0.0))
             anomalies = 0
             if flags.any():
                 anomalies += await _record(

@@ -301,6 +301,43 @@ async def test_worker_scores_complete_hours_with_registered_models_and_writes_ru
     assert all(s[0] == "vibration_rms" for _, _, s in multivariate)
 
 
+async def test_persistence_carries_across_passes_of_one_row(migrated: Settings) -> None:
+    """A worker that keeps up scores a row or two a pass: ``min_flagged`` consecutive rows must still add up."""
+    settings = migrated
+    conn = await connect(settings.database)
+    async with conn:
+        ids = await _setup(conn, settings)
+        await _readings(conn, ids, 0, 300)  # the detectors' baseline, no fault yet
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_analytics(settings, stop, registry=CollectorRegistry(), worker="solo"))
+        try:
+            for k in range(300, 312):
+                # A moderate rise (above the threshold after a row or two, never three times it) on one machine,
+                # one row per pass: only a run counted across passes reaches min_flagged.
+                async with conn.cursor() as cur, cur.copy("COPY readings (machine_id, time, vals) FROM STDIN") as copy:
+                    for i, mid in enumerate(ids):
+                        load = 0.75 + 0.1 * np.sin(k / 500.0 + i)
+                        vib = 1.2 + 0.8 * load + (0.5 if i == FAULTY else 0.0)
+                        await copy.write_row([mid, START + timedelta(seconds=k), [vib, 40 + 15 * load, 100 * load]])
+                await conn.commit()
+                await _wait(
+                    conn,
+                    "SELECT count(*) FROM analytics_watermarks WHERE detector = 'ewma_mad' AND last_time = %s",
+                    [START + timedelta(seconds=k)],
+                    MACHINES,
+                    f"row {k}",
+                )
+        finally:
+            stop.set()
+            await task
+        cur = await conn.execute(
+            "SELECT m.name, a.details FROM anomalies a JOIN machines m USING (machine_id) WHERE a.detector = 'ewma_mad'"
+        )
+        found = await cur.fetchall()
+    assert {m for m, _ in found} == {f"pump-{FAULTY}"}, found
+    assert all(d["scored_rows"] == 1 for _, d in found), "each pass scored one row"
+
+
 async def test_a_crashed_workers_machines_are_taken_over_when_its_leases_expire(migrated: Settings) -> None:
     settings = migrated
     conn = await connect(settings.database)
