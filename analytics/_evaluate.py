@@ -171,7 +171,7 @@ def evaluate_dir(
     grace_h: float = 24.0,
     rul_cap_share: float = 0.5,
     incipient_health: float = 0.8,
-    reference_rows: int = 96,
+    changes: bool = True,
     seed: int = 0,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -180,7 +180,9 @@ def evaluate_dir(
 
     An alarm outside every labelled fault that starts while the unit's true health is below ``incipient_health``
     (its wear is real but below the simulator's visibility label) is an early alarm: neither true nor false;
-    ``incipient_health=0`` counts it as a false alarm. RUL figures are also given capped at ``rul_cap_share`` x the mean training life (see :func:`rul_metrics`)."""
+    ``incipient_health=0`` counts it as a false alarm. RUL figures are also given capped at ``rul_cap_share`` x the
+    mean training life (see :func:`rul_metrics`). With ``changes`` the detectors also see each sensor's change from
+    the unit's row before."""
     names = {n: folder / f"{n}.csv" for n in ("train", "train_truth", "test", "test_rul", "test_truth")}
     for n, p in names.items():
         if not p.is_file():
@@ -251,8 +253,8 @@ def evaluate_dir(
                 condition=condition,
                 detector=det_name,
                 persistence=persistence,
-                unit=unit if reference_rows else None,
-                reference_rows=reference_rows,
+                unit=unit,
+                changes=changes,
                 seed=seed,
             )
             for u in dict.fromkeys(np.array(test.cols[unit])[groups_test == g].tolist()):
@@ -274,8 +276,9 @@ def evaluate_dir(
                 )
         det_results[det_name] = anomaly_metrics(counts)
         echo(f"anomaly {det_name:12s} {det_results[det_name]}")
-    best = max(det_results, key=lambda k: (det_results[k]["f1"], -det_results[k]["false_alarms_per_machine_day"]))
-    out.update({"detector": best, **det_results[best], "anomaly_all": det_results})
+    if det_results:
+        best = max(det_results, key=lambda k: (det_results[k]["f1"], -det_results[k]["false_alarms_per_machine_day"]))
+        out.update({"detector": best, **det_results[best], "anomaly_all": det_results})
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics._base import DataError, Detector, Matrix, RulEstimator, RulPrediction, RunHistory, Vector
+from analytics._changes import row_changes
 from analytics._ewma import EwmaMad
 from analytics._iforest import IsolationForest
 from analytics._mahalanobis import Mahalanobis
@@ -19,7 +20,6 @@ from analytics._rul_gbm import GbmRul
 from analytics._rul_trend import TrendRul
 from analytics._tabular import Table
 from analytics._threshold import Thresholded
-from analytics._unit_reference import UnitReference, row_changes
 
 __all__ = ["AnomalyModel", "DetectorName", "RulModel", "RulName", "default_features", "make_detector", "make_rul"]
 
@@ -176,9 +176,8 @@ class RulModel:
 class AnomalyModel:
     """A thresholded detector plus the feature and condition columns it reads.
 
-    With a ``unit`` column each unit is a stream of its own: its rows (in time order) are measured against its
-    own first rows (:class:`UnitReference`), and with ``changes`` the detector also sees each sensor's change
-    from the row before (:func:`row_changes`), named ``Δ<sensor>``.
+    With a ``unit`` column each unit is a stream of its own (its rows in time order), and with ``changes`` the
+    detector also sees each sensor's change from the unit's row before (:func:`row_changes`), named ``Δ<sensor>``.
     """
 
     features: list[str]
@@ -186,7 +185,6 @@ class AnomalyModel:
     detector: Thresholded
     conditions: _Conditions | None = None
     unit: str | None = None
-    reference: UnitReference | None = None
     changes: bool = False
     warmup: int = 3
     """Rows at the start of a unit whose changes are not scored (a cold start moves every sensor)."""
@@ -202,12 +200,11 @@ class AnomalyModel:
         persistence: int = 1,
         window: int = 12,
         unit: str | None = None,
-        reference_rows: int = 96,
         changes: bool = True,
         seed: int = 0,
     ) -> AnomalyModel:
-        """Fit on normal rows of ``table``. With ``unit``, each unit is referenced to its own first
-        ``reference_rows`` rows (0: not referenced), and ``changes`` adds row-to-row changes."""
+        """Fit on normal rows of ``table``; with ``unit`` (each unit's rows in time order) and ``changes``, the
+        detector also sees each sensor's change from the row before."""
         exclude = [*condition, *([unit] if unit else [])]
         feats = list(features) if features else default_features(table, exclude)
         table.need([*feats, *condition, *([unit] if unit else [])], "feature/condition/unit")
@@ -216,29 +213,21 @@ class AnomalyModel:
         det.set_features([*feats, *([f"Δ{f}" for f in feats] if with_changes else []), *condition])
         conds = _Conditions(list(condition))
         conds.fit_codes(table)
-        model = cls(feats, list(condition), Thresholded(det, persistence=persistence, window=window), conds, unit, None)
-        model.changes = with_changes
-        raw, codes = model._raw(table), model._codes(table)
-        if unit and reference_rows > 0:
-            n = len(feats)
-            model.reference = UnitReference(rows=reference_rows).fit(
-                [(raw[idx, :n], codes[idx]) for idx in model._units(table)]
-            )
-        model.detector.calibrate(model.prepare(raw, codes, model._units(table)))
+        wrapper = Thresholded(det, persistence=persistence, window=window)
+        model = cls(feats, list(condition), wrapper, conds, unit, with_changes)
+        model.detector.calibrate(model.prepare(model._raw(table), model._codes(table), model._units(table)))
         return model
 
     def prepare(self, raw: Matrix, codes: Codes, units: Sequence[npt.NDArray[np.int64]]) -> Matrix:
         """The detector's input from raw rows (the features, then the condition columns) and their regime codes;
         ``units`` holds each unit's row indices in time order."""
+        if not self.changes:
+            return raw
         n = len(self.features)
-        sensors = raw[:, :n].copy()
-        changes = np.zeros((len(raw), n if self.changes else 0))
+        changes = np.zeros((len(raw), n))
         for idx in units:
-            if self.reference is not None:
-                sensors[idx] = self.reference.transform(sensors[idx], codes[idx])
-            if self.changes:
-                changes[idx] = row_changes(sensors[idx], codes[idx], warmup=self.warmup)
-        return np.hstack([sensors, changes, raw[:, n:]])
+            changes[idx] = row_changes(raw[idx, :n], codes[idx], warmup=self.warmup)
+        return np.hstack([raw[:, :n], changes, raw[:, n:]])
 
     def matrix(self, table: Table) -> Matrix:
         """The detector's input for the rows of ``table``."""

@@ -131,18 +131,16 @@ async def _hourly_rows(
     *,
     until: datetime,
     since: datetime | None = None,
-    head_until: datetime | None = None,
     limit: int,
 ) -> tuple[list[datetime], Matrix]:
     """Bucket starts and hourly means at value ``positions`` (None: a NaN column), oldest first, of the newest
-    ``limit`` hours up to ``until``; with ``since``, only the hours from ``since`` on and those before
-    ``head_until`` (the machine's first hours)."""
+    ``limit`` hours up to ``until`` and, with ``since``, from ``since`` on."""
     cols = sorted({p for p in positions if p is not None})
     query = sql.SQL(
         """SELECT bucket{} FROM readings_hourly WHERE machine_id = %s AND bucket <= %s
-           AND (%s::timestamptz IS NULL OR bucket >= %s OR bucket < %s) ORDER BY bucket DESC LIMIT %s"""
+           AND (%s::timestamptz IS NULL OR bucket >= %s) ORDER BY bucket DESC LIMIT %s"""
     ).format(sql.SQL("").join(sql.SQL(", ") + sql.Identifier(f"mean_{p}") for p in cols))
-    cur = await conn.execute(query, [machine_id, until, since, since, head_until, limit])
+    cur = await conn.execute(query, [machine_id, until, since, since, limit])
     rows = (await cur.fetchall())[::-1]
     means = np.array([[np.nan if v is None else v for v in r[1:]] for r in rows], dtype=np.float64)
     at = {p: i for i, p in enumerate(cols)}
@@ -251,9 +249,9 @@ class _Scorer:
         """Score the machine's complete hours after its hourly watermark with its type's registered model.
 
         Models are fit on hourly rows (``wearline anomaly fit``, the offline files' shape), so they score the
-        hourly rollup: the machine's first hours (its own reference, for a model fit with ``--unit``), the
-        ``context`` hours before the watermark (row-to-row changes and the persistence and window rules pick up
-        where the last pass left off, without state kept in memory) and the new complete hours.
+        hourly rollup: the ``context`` hours before the watermark (row-to-row changes and the persistence and
+        window rules pick up where the last pass left off, without state kept in memory) and the new complete
+        hours.
         """
         model = await self.models.anomaly(conn, machine.machine_type) if machine.machine_type else None
         if model is None:
@@ -272,8 +270,7 @@ class _Scorer:
         watermark: datetime | None = wm_row[0] if wm_row else None
         wrapper = am.detector.restarted()
         context = max(wrapper.persistence, wrapper.window, 1)
-        head = am.reference.rows if am.reference is not None and machine.first is not None else 0
-        positions = [machine.sensors.index(f) + 1 for f in am.features]
+        positions: list[int | None] = [machine.sensors.index(f) + 1 for f in am.features]
         # An hour is complete once a reading at or after its end has been scored.
         buckets, values = await _hourly_rows(
             conn,
@@ -281,8 +278,7 @@ class _Scorer:
             positions,
             until=last - timedelta(hours=1),
             since=None if watermark is None else watermark - timedelta(hours=context),
-            head_until=None if machine.first is None else machine.first + timedelta(hours=head),
-            limit=head + context + MAX_ROWS_PER_PASS + 2,
+            limit=context + MAX_ROWS_PER_PASS + 2,
         )
         fresh = np.array([watermark is None or b > watermark for b in buckets], dtype=bool)
         if not fresh.any():

@@ -127,9 +127,8 @@ def anomaly_fit(
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 1,
     unit: Annotated[
         str | None,
-        typer.Option(help="Column naming the unit (machine): each is measured against its own first rows."),
+        typer.Option(help="Column naming the unit (machine): each unit's rows are a stream of their own."),
     ] = None,
-    reference_rows: Annotated[int, typer.Option(min=0, help="With --unit: rows that make a unit's reference.")] = 96,
     changes: Annotated[
         bool, typer.Option(help="With --unit: also score each sensor's change from the row before.")
     ] = True,
@@ -150,7 +149,6 @@ def anomaly_fit(
             detector=detector,  # type: ignore[arg-type]
             persistence=persistence,
             unit=unit,
-            reference_rows=reference_rows,
             changes=changes,
             seed=seed,
         )
@@ -163,7 +161,6 @@ def anomaly_fit(
                 "threshold": fitted.detector.threshold,
                 "persistence": persistence,
                 "unit": unit,
-                "reference_rows": reference_rows if unit else 0,
                 "changes": fitted.changes,
                 "seed": seed,
                 "training": {"file": str(train), "rows": len(table), "columns": table.names},
@@ -253,13 +250,9 @@ def eval_(
             help="Alarms outside labelled faults while true health is below this are early, not false.",
         ),
     ] = 0.8,
-    reference_rows: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Detectors measure each unit against its own first ROWS rows and see row-to-row changes; 0: off.",
-        ),
-    ] = 96,
+    changes: Annotated[
+        bool, typer.Option(help="Detectors also see each sensor's change from the unit's row before.")
+    ] = True,
     seed: int = 0,
 ) -> None:
     """Anomaly precision/recall/F1, false alarms per machine-day, detection delay; RUL RMSE, MAE, PHM08 score and
@@ -277,7 +270,7 @@ def eval_(
             grace_h=grace_h,
             rul_cap_share=rul_cap_share,
             incipient_health=incipient_health,
-            reference_rows=reference_rows,
+            changes=changes,
             seed=seed,
             echo=typer.echo,
         )
