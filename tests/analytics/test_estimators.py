@@ -22,6 +22,8 @@ from analytics import (
     TrendRul,
     clone,
 )
+from analytics._features import unit_feature_names, unit_features
+from analytics._regime import RegimeScaler
 from tests.analytics import synth
 
 NAMES = [*synth.SENSORS, "cond"]
@@ -211,6 +213,54 @@ def test_rul_handles_missing_and_constant_features(make_rul: Callable[[], RulEst
 def test_rul_unfitted_refuses(make_rul: Callable[[], RulEstimator]) -> None:
     with pytest.raises(ModelError, match="before fit"):
         make_rul().predict(synth.runs(1, 0))
+
+
+def test_rul_predicts_from_short_histories(make_rul: Callable[[], RulEstimator]) -> None:
+    # A live machine may have only a few rows (or only a recent window of them): still a finite prediction.
+    est = _fitted(make_rul)
+    run = synth.runs(1, 5)[0]
+    short = [
+        RunHistory(run.unit, run.time[:k], run.values[:k], None if run.condition is None else run.condition[:k], False)
+        for k in (1, 2, 5)
+    ]
+    preds = est.predict(short)
+    assert all(np.isfinite([p.rul, p.lower, p.upper]).all() and p.lower <= p.rul <= p.upper for p in preds)
+
+
+def _unit_features(run: RunHistory, scaler: RegimeScaler) -> np.ndarray:
+    return unit_features(run, scaler, windows=(10, 50), slope_rows=60, reference_rows=48)
+
+
+def test_unit_features_use_only_rows_up_to_each_time() -> None:
+    # The reference to the unit's own first rows must not peek ahead: training rows must look like live ones.
+    run = synth.runs(1, 4)[0]
+    scaler = RegimeScaler().fit(run.values[:50], run.condition[:50] if run.condition is not None else None)
+    full = _unit_features(run, scaler)
+    for k in (3, 20, 47, 120):
+        part = RunHistory(run.unit, run.time[:k], run.values[:k], None if run.condition is None else run.condition[:k])
+        np.testing.assert_allclose(_unit_features(part, scaler), full[:k])
+    assert full.shape[1] == len(unit_feature_names(FEATURES, (10, 50)))
+
+
+def test_unit_features_drift_ignores_a_machines_own_level() -> None:
+    # Two machines that differ only in their rated level (a constant offset) drift alike.
+    run = synth.runs(1, 6)[0]
+    shifted = RunHistory(run.unit, run.time, run.values + np.array([0.7, 5.0, 3.0, 0.0]), run.condition)
+    scaler = RegimeScaler().fit(run.values, run.condition)
+    a, b = _unit_features(run, scaler), _unit_features(shifted, scaler)
+    n = len(FEATURES)
+    np.testing.assert_allclose(a[:, 1 + n :], b[:, 1 + n :], atol=1e-9)
+    assert not np.allclose(a[:, 1 : 1 + n], b[:, 1 : 1 + n])
+
+
+def test_gbm_rul_intervals_cover_held_out_units() -> None:
+    # Cross-conformal intervals are calibrated on units each model did not see, so they hold on new units.
+    est = GbmRul(iterations=60, seed=1).fit(synth.runs(20, 7), FEATURES)
+    cuts = [synth.truncate(r, s) for r, s in zip(synth.runs(40, 8), np.linspace(0.1, 0.9, 40), strict=True)]
+    preds = est.predict([c for c, _ in cuts])
+    truth = np.array([t for _, t in cuts])
+    inside = np.mean([p.lower <= t <= p.upper for p, t in zip(preds, truth, strict=True)])
+    assert inside >= 0.75
 
 
 def test_persistence_counts_consecutive_rows_across_calls() -> None:
