@@ -12,11 +12,18 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
 from ingest._bench import own_broker
 from wearline.db import migrate
 from wearline.settings import Settings, load_settings
+
+# Property tests check what the code does with each input, not how fast inputs are made or checked: on a loaded
+# 2-core machine (CI runs next to PostgreSQL and brokers) generation alone can trip hypothesis' timing checks.
+hypothesis_settings.register_profile("wearline", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+hypothesis_settings.load_profile("wearline")
 
 TEST_DSN = os.environ.get("WEARLINE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_MQTT = os.environ.get("WEARLINE_TEST_MQTT", "127.0.0.1:1883")
