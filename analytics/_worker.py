@@ -159,6 +159,8 @@ class _Scorer:
         self.models = models
         self.streams: dict[int, _Stream] = {}
         self.machines: dict[int, _Machine] = {}
+        self.rul_hours: dict[int, tuple[datetime, str]] = {}
+        """Per machine, the hour and model version of its last RUL estimate."""
 
     async def _machine(self, conn: psycopg.AsyncConnection[Any], machine_id: int, width: int) -> _Machine:
         """The machine as last read, read again when older than ``MACHINE_REFRESH_S`` or narrower than ``width``."""
@@ -314,6 +316,12 @@ class _Scorer:
         est = rm.estimators.get(mtype or "") or rm.estimators.get("all")
         if est is None:
             return 0
+        # Remaining life moves over hours, not seconds: one estimate per machine and hour (and model version),
+        # not one per pass. A pass rolled back after this leaves that hour without one.
+        hour = (last.replace(minute=0, second=0, microsecond=0), version)
+        if self.rul_hours.get(machine_id) == hour:
+            return 0
+        self.rul_hours[machine_id] = hour
         rolled = machine.sensors[:ROLLUP_POSITIONS]
         beyond = [f for f in rm.features if f in machine.sensors[ROLLUP_POSITIONS:]]
         if beyond:

@@ -337,6 +337,37 @@ async def test_persistence_carries_across_passes_of_one_row(migrated: Settings) 
     assert all(d["scored_rows"] == 1 for _, d in found), "each pass scored one row"
 
 
+async def test_one_rul_estimate_per_machine_and_hour(migrated: Settings, tmp_path: Path) -> None:
+    """Passes that each score a few readings of the same hour write that hour's RUL estimate once."""
+    settings = migrated
+    _rul_model(tmp_path, np.random.default_rng(5))
+    start = _hour(datetime.now(UTC)) - timedelta(hours=1)
+    conn = await connect(settings.database)
+    async with conn:
+        ids = await _setup(conn, settings)
+        await _type_with_models(conn, tmp_path, ["r.model"])
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_analytics(settings, stop, registry=CollectorRegistry(), worker="solo"))
+        try:
+            for batch in range(4):  # four passes, all within one hour
+                vals: list[float | None] = [2.0, 50.0, 75.0]
+                rows = [(mid, start + timedelta(minutes=10 * batch + k), vals) for mid in ids for k in range(3)]
+                await _copy(conn, rows)
+                await _wait(
+                    conn,
+                    "SELECT count(*) FROM analytics_watermarks WHERE detector = 'ewma_mad' AND last_time = %s",
+                    [start + timedelta(minutes=10 * batch + 2)],
+                    MACHINES,
+                    f"batch {batch}",
+                )
+        finally:
+            stop.set()
+            await task
+        cur = await conn.execute("SELECT machine_id, count(*) FROM rul_estimates GROUP BY machine_id")
+        per_machine = dict(await cur.fetchall())
+    assert per_machine == dict.fromkeys(ids, 1)
+
+
 async def test_a_crashed_workers_machines_are_taken_over_when_its_leases_expire(migrated: Settings) -> None:
     settings = migrated
     conn = await connect(settings.database)
