@@ -263,6 +263,18 @@ def test_gbm_rul_intervals_cover_held_out_units() -> None:
     assert inside >= 0.75
 
 
+def test_ewma_scores_do_not_depend_on_how_the_stream_is_batched() -> None:
+    # The worker scores a few rows a pass, evaluation a whole history at once: the same stream, the same scores.
+    rows = synth.faulty(900, 4)[:, :-1]
+    whole = EwmaMad(warmup=60, slow_span=300.0)
+    whole.set_features(synth.SENSORS)
+    in_pieces = clone(whole)
+    in_pieces.set_features(synth.SENSORS)
+    expected = whole.process_many(rows)
+    got = np.concatenate([in_pieces.process_many(rows[i : i + 7]) for i in range(0, len(rows), 7)])
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_persistence_counts_consecutive_rows_across_calls() -> None:
     wrapped = Thresholded(EwmaMad(), threshold=1.0, persistence=3)
     assert wrapped.flag_many(np.array([2.0, 2.0, 0.0, 2.0, 2.0])).tolist() == [False] * 5
