@@ -20,7 +20,7 @@ def window_features(run: RunHistory, scaler: RegimeScaler, window: int) -> Matri
     z = _ffill0(scaler.transform(run.values, run.condition))
     origin = run.start if run.start is not None else float(run.time[0])
     age = run.time - origin
-    mean = _trailing_mean(_cum(z), len(z), window)
+    mean = _trailing_mean(_cum(z), window)
     return np.hstack([age[:, None], mean, _trailing_slope(run.time - run.time[0], z, window)])
 
 
@@ -70,8 +70,8 @@ def unit_features(
     scale = scaler.scale_[np.zeros(n, dtype=np.int64) if codes is None else codes]
     drift = z - _reference(np.clip(z, -clip, clip), scale, codes, reference_rows, regime_rows)
     cz, cd = _cum(z), _cum(drift)
-    drifts = [_trailing_mean(cd, n, w) for w in windows]
-    cols = [age[:, None], _trailing_mean(cz, n, windows[0]), *drifts, _trailing_slope(t, drift, slope_rows)]
+    drifts = [_trailing_mean(cd, w) for w in windows]
+    cols = [age[:, None], _trailing_mean(cz, windows[0]), *drifts, _trailing_slope(t, drift, slope_rows)]
     # Drift per hour of age: wear that has moved a sensor far in a short time is on a short life.
     cols.append(drifts[-1] / np.maximum(age, 1.0)[:, None])
     return np.hstack(cols)
@@ -108,11 +108,11 @@ def _reference(z: Matrix, scale: Matrix, codes: npt.NDArray[np.int64] | None, ro
     return out
 
 
-def _trailing_mean(csum: Matrix, n: int, window: int) -> Matrix:
-    hi = np.arange(1, n + 1)
+def _trailing_mean(csum: Matrix, window: int) -> Matrix:
+    """Mean of each column over the last ``window`` rows (fewer at the start), from its cumulative sums."""
+    hi = np.arange(1, len(csum))
     lo = np.maximum(hi - window, 0)
-    out: Matrix = (csum[hi] - csum[lo]) / (hi - lo)[:, None]
-    return out
+    return _span(csum, hi, lo) / (hi - lo)[:, None]
 
 
 def _trailing_slope(t: Vector, z: Matrix, window: int) -> Matrix:

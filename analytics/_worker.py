@@ -270,15 +270,19 @@ class _Scorer:
         )
         wm_row = await cur.fetchone()
         watermark: datetime | None = wm_row[0] if wm_row else None
+        # An hour is complete once a reading at or after its end has been scored. Most passes complete none: skip
+        # the rollup read then (natively it aggregates the machine's raw rows).
+        until = last - timedelta(hours=1)
+        if watermark is not None and until < watermark + timedelta(hours=1):
+            return 0
         wrapper = am.detector.restarted()
         context = max(wrapper.persistence, wrapper.window, 1)
         positions: list[int | None] = [machine.sensors.index(f) + 1 for f in am.features]
-        # An hour is complete once a reading at or after its end has been scored.
         buckets, values = await _hourly_rows(
             conn,
             machine_id,
             positions,
-            until=last - timedelta(hours=1),
+            until=until,
             since=None if watermark is None else watermark - timedelta(hours=context),
             limit=context + MAX_ROWS_PER_PASS + 2,
         )
