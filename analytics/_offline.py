@@ -82,7 +82,17 @@ class _Conditions:
         return self.encoder.transform(m)
 
     def codes(self, table: Table) -> np.ndarray | None:
-        return self.encoder.transform(self.matrix(table)) if self.columns else None
+        return self.codes_of(self.matrix(table))
+
+    def codes_of(self, values: Matrix) -> np.ndarray | None:
+        """Regime codes of condition values given as numbers, one column per condition in order (the worker reads
+        them from the hourly rollup; an hour that straddles a change goes to the nearest known regime)."""
+        return self.encoder.transform(values) if self.columns else None
+
+    @property
+    def text(self) -> list[str]:
+        """The condition columns that are categories (a product, a recipe): readings carry numbers only."""
+        return [c for c in self.columns if c in self.categories]
 
 
 def _runs(

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from psycopg.types.json import Jsonb
 from analytics._base import Matrix, RunHistory
 from analytics._ewma import EwmaMad
 from analytics._leases import claim_machines, release_all
+from analytics._offline import _Conditions
 from analytics._registry import ModelCache
 from analytics._threshold import Thresholded
 from wearline.db import open_pool
@@ -45,6 +47,9 @@ HOURLY = "hourly"
 MAX_ROWS_PER_PASS = 5000
 RUL_HISTORY_HOURS = 20_000
 """Newest hourly rows an RUL model sees (2.3 years); the machine's age still counts from its first reading."""
+HOURS_PER_PASS = 168
+"""Complete hours a registered anomaly model scores of one machine in a pass, oldest first (a newly registered
+model starts on the last week, not on the machine's whole past)."""
 MACHINE_REFRESH_S = 300.0
 """How long a machine's sensor names, type and first reading are trusted before they are read again."""
 
@@ -132,22 +137,46 @@ async def _hourly_rows(
     until: datetime,
     since: datetime | None = None,
     limit: int,
+    exact: bool = False,
 ) -> tuple[list[datetime], Matrix]:
-    """Bucket starts and hourly means at value ``positions`` (None: a NaN column), oldest first, of the newest
-    ``limit`` hours up to ``until`` and, with ``since``, from ``since`` on."""
+    """Bucket starts and hourly means at value ``positions`` (None: a NaN column), oldest first, of the hours up to
+    ``until`` and, with ``since``, from ``since`` on: the newest ``limit`` of them from the ``readings_hourly``
+    rollup or, ``exact``, the oldest ``limit`` computed from ``readings`` now.
+
+    The rollup is for long histories. With TimescaleDB its materialized hours miss late rows (an ingest backlog,
+    a backfill) until the refresh policy's next run, up to 30 minutes later; an hour that must be right the one
+    time it is scored is read ``exact``. A bucket is the UTC hour, as in the rollup (migration 0006).
+    """
     cols = sorted({p for p in positions if p is not None})
-    query = sql.SQL(
-        """SELECT bucket{} FROM readings_hourly WHERE machine_id = %s AND bucket <= %s
-           AND (%s::timestamptz IS NULL OR bucket >= %s) ORDER BY bucket DESC LIMIT %s"""
-    ).format(sql.SQL("").join(sql.SQL(", ") + sql.Identifier(f"mean_{p}") for p in cols))
-    cur = await conn.execute(query, [machine_id, until, since, since, limit])
-    rows = (await cur.fetchall())[::-1]
-    means = np.array([[np.nan if v is None else v for v in r[1:]] for r in rows], dtype=np.float64)
+    if exact:
+        means = sql.SQL("").join(sql.SQL(", avg(vals[{}])").format(sql.Literal(p)) for p in cols)
+        hour = sql.SQL("date_bin(interval '1 hour', {}, timestamptz '2000-01-01 00:00:00+00')")
+        query = sql.SQL(
+            """SELECT {} AS bucket{} FROM readings
+               WHERE machine_id = %s AND time >= {} AND time < {} + interval '1 hour'
+               GROUP BY 1 ORDER BY 1 LIMIT %s"""
+        ).format(
+            hour.format(sql.Identifier("time")),
+            means,
+            hour.format(sql.SQL("%s::timestamptz")),
+            hour.format(sql.SQL("%s::timestamptz")),
+        )
+        cur = await conn.execute(query, [machine_id, since, until, limit])
+        rows = await cur.fetchall()
+    else:
+        query = sql.SQL(
+            """SELECT bucket{} FROM readings_hourly WHERE machine_id = %s AND bucket <= %s
+               AND (%s::timestamptz IS NULL OR bucket >= %s) ORDER BY bucket DESC LIMIT %s"""
+        ).format(sql.SQL("").join(sql.SQL(", ") + sql.Identifier(f"mean_{p}") for p in cols))
+        cur = await conn.execute(query, [machine_id, until, since, since, limit])
+        rows = (await cur.fetchall())[::-1]
+    got = np.array([[np.nan if v is None else v for v in r[1:]] for r in rows], dtype=np.float64)
+    got = got.reshape(len(rows), len(cols))
     at = {p: i for i, p in enumerate(cols)}
     values = np.full((len(rows), len(positions)), np.nan)
     for j, p in enumerate(positions):
         if p is not None:
-            values[:, j] = means[:, at[p]]
+            values[:, j] = got[:, at[p]]
     return [r[0] for r in rows], values
 
 
@@ -161,6 +190,16 @@ class _Scorer:
         self.machines: dict[int, _Machine] = {}
         self.rul_hours: dict[int, tuple[datetime, str]] = {}
         """Per machine, the hour and model version of its last RUL estimate."""
+        self.warned: set[tuple[int, str]] = set()
+        """(machine, model version) pairs whose model could not be used: said once, not on every pass."""
+
+    def _cannot(self, machine_id: int, version: str, why: str) -> int:
+        """Skip a registered model on a machine, loudly but once: a model scoring without its inputs would
+        flag every hour (missing sensors look like dropouts, a missing condition like the wrong regime)."""
+        if (machine_id, version) not in self.warned:
+            self.warned.add((machine_id, version))
+            log.warning("machine %d: model %s skipped: %s", machine_id, version, why)
+        return 0
 
     async def _machine(self, conn: psycopg.AsyncConnection[Any], machine_id: int, width: int) -> _Machine:
         """The machine as last read, read again when older than ``MACHINE_REFRESH_S`` or narrower than ``width``."""
@@ -250,20 +289,18 @@ class _Scorer:
     ) -> int:
         """Score the machine's complete hours after its hourly watermark with its type's registered model.
 
-        Models are fit on hourly rows (``wearline anomaly fit``, the offline files' shape), so they score the
-        hourly rollup: the ``context`` hours before the watermark (row-to-row changes and the persistence and
-        window rules pick up where the last pass left off, without state kept in memory) and the new complete
-        hours.
+        Models are fit on hourly rows (``wearline anomaly fit``, the offline files' shape), so they score hourly
+        means: the new complete hours, and the ``context`` hours before the watermark (row-to-row changes and the
+        persistence and window rules pick up where the last pass left off, without state kept in memory).
         """
         model = await self.models.anomaly(conn, machine.machine_type) if machine.machine_type else None
         if model is None:
             return 0
         version, am = model
-        absent = [f for f in am.features if f not in machine.sensors[:ROLLUP_POSITIONS]]
-        if absent:
-            # A model trained on other sensor names would flag every row as a dropout: skip it, loudly.
-            log.warning("machine %d: model %s needs sensors the rollup lacks: %s", machine_id, version, absent)
-            return 0
+        conds = am.conditions if am.condition else None
+        why = _unusable(machine, [*am.features, *am.condition], conds)
+        if why:
+            return self._cannot(machine_id, version, why)
         cur = await conn.execute(
             "SELECT last_time FROM analytics_watermarks WHERE machine_id = %s AND detector = %s FOR UPDATE",
             [machine_id, HOURLY],
@@ -277,20 +314,33 @@ class _Scorer:
             return 0
         wrapper = am.detector.restarted()
         context = max(wrapper.persistence, wrapper.window, 1)
-        positions: list[int | None] = [machine.sensors.index(f) + 1 for f in am.features]
-        buckets, values = await _hourly_rows(
+        # The features, then the conditions: the order the model's rows have (AnomalyModel.prepare).
+        positions: list[int | None] = [machine.sensors.index(f) + 1 for f in [*am.features, *am.condition]]
+        # New hours are scored once, so they are computed from the readings; the context hours, scored in an
+        # earlier pass, only warm up the changes and the rules, and the rollup serves them.
+        new_buckets, new_values = await _hourly_rows(
             conn,
             machine_id,
             positions,
             until=until,
-            since=None if watermark is None else watermark - timedelta(hours=context),
-            limit=context + MAX_ROWS_PER_PASS + 2,
+            since=until - timedelta(hours=HOURS_PER_PASS) if watermark is None else watermark + timedelta(hours=1),
+            limit=HOURS_PER_PASS,
+            exact=True,
         )
-        fresh = np.array([watermark is None or b > watermark for b in buckets], dtype=bool)
-        if not fresh.any():
+        if not new_buckets:
             return 0
-        raw = np.hstack([values, np.full((len(values), len(am.condition)), np.nan)])
-        rows = am.prepare(raw, np.zeros(len(raw), dtype=np.int64), [np.arange(len(raw))])
+        buckets, values = (
+            ([], np.empty((0, len(positions))))
+            if watermark is None
+            else await _hourly_rows(
+                conn, machine_id, positions, until=watermark, since=watermark - timedelta(hours=context), limit=context
+            )
+        )
+        fresh = np.array([False] * len(buckets) + [True] * len(new_buckets))
+        buckets, values = [*buckets, *new_buckets], np.vstack([values, new_values])
+        codes = None if conds is None else conds.codes_of(values[:, len(am.features) :])
+        zeros = np.zeros(len(values), dtype=np.int64)
+        rows = am.prepare(values, zeros if codes is None else codes, [np.arange(len(values))])
         # Hours before the watermark were scored in an earlier pass: they only warm up the rules here.
         flags = wrapper.flag_many(am.detector.detector.score_many(rows))[fresh]
         await conn.execute(
@@ -320,36 +370,53 @@ class _Scorer:
         est = rm.estimators.get(mtype or "") or rm.estimators.get("all")
         if est is None:
             return 0
+        why = _unusable(machine, rm.conditions.columns, rm.conditions)
+        if why:
+            return self._cannot(machine_id, version, why)
         # Remaining life moves over hours, not seconds: one estimate per machine and hour (and model version),
         # not one per pass. A pass rolled back after this leaves that hour without one.
         hour = (last.replace(minute=0, second=0, microsecond=0), version)
         if self.rul_hours.get(machine_id) == hour:
             return 0
-        self.rul_hours[machine_id] = hour
         rolled = machine.sensors[:ROLLUP_POSITIONS]
         beyond = [f for f in rm.features if f in machine.sensors[ROLLUP_POSITIONS:]]
         if beyond:
             log.warning("machine %d: RUL model reads sensors past the hourly rollup's width: %s", machine_id, beyond)
         # The machine's history as hourly means, the shape RUL models are trained on (one row per hour, from the
         # unit's start); a sensor the machine lacks, or the rollup leaves out, is a NaN column.
+        nf = len(rm.features)
         buckets, values = await _hourly_rows(
             conn,
             machine_id,
-            [rolled.index(f) + 1 if f in rolled else None for f in rm.features],
+            [rolled.index(f) + 1 if f in rolled else None for f in [*rm.features, *rm.conditions.columns]],
             until=last,
             limit=RUL_HISTORY_HOURS,
         )
         hours = np.array([b.timestamp() / 3600.0 for b in buckets])
         if len(hours) == 0:
-            return 0
+            return 0  # with TimescaleDB, a backlog's hours show once the rollup's policy has refreshed them
+        self.rul_hours[machine_id] = hour
         start = machine.first.timestamp() / 3600.0 if machine.first else None
-        pred = est.predict([RunHistory(str(machine_id), hours, values, None, failed=False, start=start)])[0]
+        codes = rm.conditions.codes_of(values[:, nf:])
+        pred = est.predict([RunHistory(str(machine_id), hours, values[:, :nf], codes, failed=False, start=start)])[0]
         await conn.execute(
             """INSERT INTO rul_estimates (machine_id, time, model, model_version, rul_hours, lower_hours, upper_hours)
                VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
             [machine_id, last, type(est).__name__, version, pred.rul, pred.lower, pred.upper],
         )
         return 1
+
+
+def _unusable(machine: _Machine, needed: Sequence[str], conditions: _Conditions | None) -> str | None:
+    """Why a model cannot score this machine from the hourly rollup, or None: sensors (conditions included) the
+    rollup lacks, or conditions that are categories, which readings (numbers) cannot carry."""
+    text = conditions.text if conditions is not None else []
+    if text:
+        return f"its condition column(s) {', '.join(text)} are categories; readings carry numbers only"
+    absent = [f for f in needed if f not in machine.sensors[:ROLLUP_POSITIONS]]
+    if absent:
+        return f"needs sensors the hourly rollup lacks: {', '.join(absent)}"
+    return None
 
 
 async def _record(
