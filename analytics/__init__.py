@@ -20,6 +20,7 @@ from analytics._base import (
 from analytics._batch import BaselineDetector
 from analytics._ewma import EwmaMad
 from analytics._iforest import IsolationForest
+from analytics._knn import KnnDistance
 from analytics._mahalanobis import Mahalanobis
 from analytics._offline import AnomalyModel, RulModel, make_detector, make_rul
 from analytics._pca import PcaT2Q
@@ -43,6 +44,7 @@ __all__ = [
     "Features",
     "GbmRul",
     "IsolationForest",
+    "KnnDistance",
     "Mahalanobis",
     "ModelError",
     "PcaT2Q",

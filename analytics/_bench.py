@@ -13,6 +13,7 @@ import numpy as np
 from analytics._base import Detector, RunHistory
 from analytics._ewma import EwmaMad
 from analytics._iforest import IsolationForest
+from analytics._knn import KnnDistance
 from analytics._mahalanobis import Mahalanobis
 from analytics._pca import PcaT2Q
 from analytics._rul_gbm import GbmRul
@@ -57,6 +58,7 @@ def run_bench(*, machines: int, rows: int, sensors: int, history: int, seed: int
         "ewma": EwmaMad,
         "pca": PcaT2Q,
         "mahalanobis": Mahalanobis,
+        "knn": KnnDistance,
         "iforest": IsolationForest,
     }
     for name, make in makers.items():

@@ -165,7 +165,7 @@ def _truth_by_row(
 def evaluate_dir(
     folder: Path,
     *,
-    detectors: Sequence[DetectorName] = ("pca", "mahalanobis", "ewma"),
+    detectors: Sequence[DetectorName] = ("pca", "mahalanobis", "knn", "ewma"),
     ruls: Sequence[RulName] = ("gbm", "trend"),
     persistence: int = 3,
     grace_h: float = 24.0,

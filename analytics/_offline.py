@@ -13,6 +13,7 @@ from analytics._base import DataError, Detector, Matrix, RulEstimator, RulPredic
 from analytics._changes import row_changes
 from analytics._ewma import EwmaMad
 from analytics._iforest import IsolationForest
+from analytics._knn import KnnDistance
 from analytics._mahalanobis import Mahalanobis
 from analytics._pca import PcaT2Q
 from analytics._regime import Codes, ConditionEncoder
@@ -23,7 +24,7 @@ from analytics._threshold import Thresholded
 
 __all__ = ["AnomalyModel", "DetectorName", "RulModel", "RulName", "default_features", "make_detector", "make_rul"]
 
-DetectorName = Literal["pca", "mahalanobis", "iforest", "ewma"]
+DetectorName = Literal["pca", "mahalanobis", "knn", "iforest", "ewma"]
 RulName = Literal["gbm", "trend"]
 
 
@@ -33,6 +34,8 @@ def make_detector(name: DetectorName, condition: Sequence[str] = (), seed: int =
         return PcaT2Q(condition=condition, seed=seed)
     if name == "mahalanobis":
         return Mahalanobis(condition=condition, seed=seed)
+    if name == "knn":
+        return KnnDistance(condition=condition, seed=seed)
     if name == "iforest":
         return IsolationForest(condition=condition, seed=seed)
     return EwmaMad(condition=condition)

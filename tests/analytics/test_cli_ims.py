@@ -38,12 +38,14 @@ def _ok(args: list[str]) -> str:
     return result.output
 
 
-def test_anomaly_on_ims_test_2_flags_the_end_of_life_not_the_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("detector", ["mahalanobis", "knn"])
+def test_anomaly_on_ims_test_2_flags_the_end_of_life_not_the_start(tmp_path: Path, detector: str) -> None:
     rows = _ims("ims_2nd_test_mean_abs.csv", drop=2)
     train = _write(tmp_path / "normal.csv", rows[:301])  # header and the first 300 snapshots (about two days)
     data = _write(tmp_path / "all.csv", rows)
     model = tmp_path / "m.model"
-    out = _ok(["anomaly", "fit", "--train", str(train), "--features", BEARINGS, "--out", str(model)])
+    args = ["anomaly", "fit", "--train", str(train), "--features", BEARINGS, "--detector", detector]
+    out = _ok([*args, "--out", str(model)])
     assert "threshold" in out
     meta = json.loads((tmp_path / "m.model.json").read_text())
     assert meta["kind"] == "anomaly"

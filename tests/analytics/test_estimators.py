@@ -13,6 +13,7 @@ from analytics import (
     EwmaMad,
     GbmRul,
     IsolationForest,
+    KnnDistance,
     Mahalanobis,
     ModelError,
     PcaT2Q,
@@ -32,6 +33,7 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "ewma": lambda: EwmaMad(slow_span=100.0, condition=["cond"]),
     "pca": lambda: PcaT2Q(condition=["cond"], seed=3),
     "mahalanobis": lambda: Mahalanobis(condition=["cond"], seed=3),
+    "knn": lambda: KnnDistance(condition=["cond"], seed=3),
     "iforest": lambda: IsolationForest(trees=50, condition=["cond"], seed=3),
 }
 RULS: dict[str, Callable[[], RulEstimator]] = {

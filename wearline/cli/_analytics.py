@@ -123,7 +123,7 @@ def anomaly_fit(
     features: Annotated[str | None, typer.Option(help="Sensor columns COLS (default: every numeric one).")] = None,
     condition: Annotated[str | None, typer.Option(help="Operating-condition columns COLS.")] = None,
     columns: ColsOpt = None,
-    detector: Annotated[str, typer.Option(help="mahalanobis, pca, iforest or ewma.")] = "mahalanobis",
+    detector: Annotated[str, typer.Option(help="mahalanobis, knn, pca, iforest or ewma.")] = "mahalanobis",
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 1,
     unit: Annotated[
         str | None,
@@ -137,8 +137,8 @@ def anomaly_fit(
     """Fit a detector on normal operation and pick its threshold from held-out normal rows."""
     from analytics import AnomalyModel, read_table, save_model
 
-    if detector not in ("pca", "mahalanobis", "iforest", "ewma"):
-        typer.echo(f"error: --detector must be pca, mahalanobis, iforest or ewma, not {detector!r}", err=True)
+    if detector not in ("pca", "mahalanobis", "knn", "iforest", "ewma"):
+        typer.echo(f"error: --detector must be pca, mahalanobis, knn, iforest or ewma, not {detector!r}", err=True)
         raise typer.Exit(2)
     with _user_errors():
         table = read_table(train, _cols(columns) or None)
@@ -235,7 +235,7 @@ def eval_(
     data: Annotated[
         Path, typer.Option(help="Folder with train.csv, train_truth.csv, test.csv, test_rul.csv, test_truth.csv.")
     ],
-    detectors: Annotated[str, typer.Option(help="Detectors to compare COLS.")] = "pca,mahalanobis,ewma",
+    detectors: Annotated[str, typer.Option(help="Detectors to compare COLS.")] = "pca,mahalanobis,knn,ewma",
     models: Annotated[str, typer.Option(help="RUL models to compare COLS.")] = "gbm,trend",
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 3,
     grace_h: Annotated[float, typer.Option(help="An alarm this many hours after a fault ends still counts.")] = 24.0,
