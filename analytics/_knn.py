@@ -6,6 +6,10 @@ and the cloud is two clusters; operating regimes, duty cycles and machines of di
 within one cluster (a hotter discharge while loaded) can then stay close to the centre of a Gaussian fit to the
 whole cloud. The mean squared distance to the ``k`` nearest baseline rows, in the regime-normalised space (each
 sensor scaled by its robust spread), does not assume a shape: a row is anomalous when no healthy row was like it.
+
+Measured with ``wearline eval`` on the simulator's fleets 7 / 11 (row-to-row changes on): F1 0.939 / 0.936 against
+0.924 / 0.897 for Mahalanobis, with fewer false alarms; k from 3 to 10 gave 0.928-0.939 (docs/analytics.md lists
+the variants that were tried and not kept).
 """
 
 from __future__ import annotations
