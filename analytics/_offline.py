@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,17 +28,25 @@ DetectorName = Literal["pca", "mahalanobis", "knn", "iforest", "ewma"]
 RulName = Literal["gbm", "trend"]
 
 
+_DETECTORS: dict[str, Callable[..., Detector]] = {
+    "pca": PcaT2Q,
+    "mahalanobis": Mahalanobis,
+    "knn": KnnDistance,
+    "iforest": IsolationForest,
+    "ewma": EwmaMad,
+}
+
+
 def make_detector(name: DetectorName, condition: Sequence[str] = (), seed: int = 0) -> Detector:
     """A fresh detector by name."""
-    if name == "pca":
-        return PcaT2Q(condition=condition, seed=seed)
-    if name == "mahalanobis":
-        return Mahalanobis(condition=condition, seed=seed)
-    if name == "knn":
-        return KnnDistance(condition=condition, seed=seed)
-    if name == "iforest":
-        return IsolationForest(condition=condition, seed=seed)
-    return EwmaMad(condition=condition)
+    if name == "ewma":
+        return EwmaMad(condition=condition)
+    return _DETECTORS[name](condition=condition, seed=seed)
+
+
+def detector_name(detector: Detector) -> str:
+    """The name ``make_detector`` knows ``detector`` by (the worker labels its anomalies with it)."""
+    return next((n for n, cls in _DETECTORS.items() if type(detector) is cls), type(detector).__name__.lower())
 
 
 def make_rul(name: RulName, coverage: float = 0.9, seed: int = 0) -> RulEstimator:
@@ -209,7 +217,7 @@ class AnomalyModel:
         *,
         features: Sequence[str] | None = None,
         condition: Sequence[str] = (),
-        detector: DetectorName = "mahalanobis",
+        detector: DetectorName = "knn",
         persistence: int = 1,
         window: int = 12,
         unit: str | None = None,

@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from analytics._base import Matrix, RunHistory
 from analytics._ewma import EwmaMad
 from analytics._leases import claim_machines, release_all
-from analytics._offline import _Conditions
+from analytics._offline import _Conditions, detector_name
 from analytics._registry import ModelCache
 from analytics._threshold import Thresholded
 from wearline.db import open_pool
@@ -357,7 +357,7 @@ class _Scorer:
             per=am.contributions(rows)[fresh],
             flags=flags,
             names=am.features,
-            detector=f"{type(am.detector.detector).__name__.lower()}:{version}",
+            detector=f"{detector_name(am.detector.detector)}:{version}",
             threshold=float(am.detector.threshold or 0),
         )
 

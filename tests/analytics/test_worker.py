@@ -294,7 +294,7 @@ async def test_worker_scores_complete_hours_with_registered_models_and_writes_ru
         cur = await conn.execute(
             "SELECT m.name, a.time, a.sensors FROM anomalies a JOIN machines m USING (machine_id) "
             "WHERE a.detector = %s",
-            [f"mahalanobis:{versions[0]}"],
+            [f"knn:{versions[0]}"],
         )
         multivariate = await cur.fetchall()
         cur = await conn.execute(

@@ -123,7 +123,7 @@ def anomaly_fit(
     features: Annotated[str | None, typer.Option(help="Sensor columns COLS (default: every numeric one).")] = None,
     condition: Annotated[str | None, typer.Option(help="Operating-condition columns COLS.")] = None,
     columns: ColsOpt = None,
-    detector: Annotated[str, typer.Option(help="mahalanobis, knn, pca, iforest or ewma.")] = "mahalanobis",
+    detector: Annotated[str, typer.Option(help="knn, mahalanobis, pca, iforest or ewma.")] = "knn",
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 1,
     unit: Annotated[
         str | None,
