@@ -171,6 +171,7 @@ def evaluate_dir(
     grace_h: float = 24.0,
     rul_cap_share: float = 0.5,
     incipient_health: float = 0.8,
+    normal_share: float = 0.5,
     changes: bool = True,
     seed: int = 0,
     echo: Callable[[str], None] = print,
@@ -181,7 +182,8 @@ def evaluate_dir(
     An alarm outside every labelled fault that starts while the unit's true health is below ``incipient_health``
     (its wear is real but below the simulator's visibility label) is an early alarm: neither true nor false;
     ``incipient_health=0`` counts it as a false alarm. RUL figures are also given capped at ``rul_cap_share`` x the
-    mean training life (see :func:`rul_metrics`). With ``changes`` the detectors also see each sensor's change from
+    mean training life (see :func:`rul_metrics`). Detectors learn from the training rows labelled fault-free in
+    the first ``normal_share`` of each life. With ``changes`` the detectors also see each sensor's change from
     the unit's row before."""
     names = {n: folder / f"{n}.csv" for n in ("train", "train_truth", "test", "test_rul", "test_truth")}
     for n, p in names.items():
@@ -197,7 +199,12 @@ def evaluate_dir(
     by = "machine_type" if "machine_type" in train.names else None
     condition = [c for c in ("condition",) if c in train.names]
     features = default_features(train, [unit, time, *condition, *([by] if by else [])])
-    out: dict[str, Any] = {"folder": str(folder), "features": len(features), "persistence": persistence}
+    out: dict[str, Any] = {
+        "folder": str(folder),
+        "features": len(features),
+        "persistence": persistence,
+        "normal_share": normal_share,
+    }
 
     # -- RUL -----------------------------------------------------------------------------------------------
     truth_rul = dict(zip(test_rul.cols[unit], test_rul.numeric("rul"), strict=True))
@@ -238,14 +245,14 @@ def evaluate_dir(
     for det_name in detectors:
         counts = EventCounts()
         for g in dict.fromkeys(groups_test.tolist()):
-            # Normal operation to learn from: training rows labelled fault-free in the first half of each life.
+            # Normal operation to learn from: training rows labelled fault-free early in each life.
             normal = np.array(
                 [
                     gt == g and not ttrain.get((u, float(t)), 0)
                     for gt, u, t in zip(groups_train, train.cols[unit], train_t, strict=True)
                 ]
             )
-            normal &= _early(train, unit, train_t, 0.5)
+            normal &= _early(train, unit, train_t, normal_share)
             sub = _subset(train, normal)
             amodel = AnomalyModel.fit(
                 sub,

@@ -250,6 +250,12 @@ def eval_(
             help="Alarms outside labelled faults while true health is below this are early, not false.",
         ),
     ] = 0.8,
+    normal_share: Annotated[
+        float,
+        typer.Option(
+            min=0.01, max=1.0, help="Detectors learn from fault-free training rows in this first share of each life."
+        ),
+    ] = 0.5,
     changes: Annotated[
         bool, typer.Option(help="Detectors also see each sensor's change from the unit's row before.")
     ] = True,
@@ -270,6 +276,7 @@ def eval_(
             grace_h=grace_h,
             rul_cap_share=rul_cap_share,
             incipient_health=incipient_health,
+            normal_share=normal_share,
             changes=changes,
             seed=seed,
             echo=typer.echo,
