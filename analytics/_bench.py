@@ -10,12 +10,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from analytics._base import Detector, RunHistory
+from analytics._base import RunHistory
 from analytics._ewma import EwmaMad
-from analytics._iforest import IsolationForest
-from analytics._knn import KnnDistance
-from analytics._mahalanobis import Mahalanobis
-from analytics._pca import PcaT2Q
+from analytics._offline import DETECTORS
 from analytics._rul_gbm import GbmRul
 
 __all__ = ["run_bench"]
@@ -54,14 +51,7 @@ def run_bench(*, machines: int, rows: int, sensors: int, history: int, seed: int
     }
     data = _rows(rows, sensors, seed)
     base = _rows(2000, sensors, seed + 1)
-    makers: dict[str, Callable[[], Detector]] = {
-        "ewma": EwmaMad,
-        "pca": PcaT2Q,
-        "mahalanobis": Mahalanobis,
-        "knn": KnnDistance,
-        "iforest": IsolationForest,
-    }
-    for name, make in makers.items():
+    for name, make in DETECTORS.items():
         det = make()
         det.learn_many(base)
         det.score_many(base[:10])  # fit outside the timing

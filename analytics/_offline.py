@@ -22,13 +22,23 @@ from analytics._rul_trend import TrendRul
 from analytics._tabular import Table
 from analytics._threshold import Thresholded
 
-__all__ = ["AnomalyModel", "DetectorName", "RulModel", "RulName", "default_features", "make_detector", "make_rul"]
+__all__ = [
+    "DETECTORS",
+    "AnomalyModel",
+    "DetectorName",
+    "RulModel",
+    "RulName",
+    "default_features",
+    "make_detector",
+    "make_rul",
+]
 
 DetectorName = Literal["pca", "mahalanobis", "knn", "iforest", "ewma"]
 RulName = Literal["gbm", "trend"]
 
 
-_DETECTORS: dict[str, Callable[..., Detector]] = {
+DETECTORS: dict[str, Callable[..., Detector]] = {
+    # The detectors by the names the CLI, the evaluation, the benchmark and the worker's anomaly labels use.
     "pca": PcaT2Q,
     "mahalanobis": Mahalanobis,
     "knn": KnnDistance,
@@ -41,12 +51,12 @@ def make_detector(name: DetectorName, condition: Sequence[str] = (), seed: int =
     """A fresh detector by name."""
     if name == "ewma":
         return EwmaMad(condition=condition)
-    return _DETECTORS[name](condition=condition, seed=seed)
+    return DETECTORS[name](condition=condition, seed=seed)
 
 
 def detector_name(detector: Detector) -> str:
     """The name ``make_detector`` knows ``detector`` by (the worker labels its anomalies with it)."""
-    return next((n for n, cls in _DETECTORS.items() if type(detector) is cls), type(detector).__name__.lower())
+    return next((n for n, cls in DETECTORS.items() if type(detector) is cls), type(detector).__name__.lower())
 
 
 def make_rul(name: RulName, coverage: float = 0.9, seed: int = 0) -> RulEstimator:

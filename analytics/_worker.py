@@ -137,39 +137,58 @@ async def _hourly_rows(
     until: datetime,
     since: datetime | None = None,
     limit: int,
-    exact: bool = False,
 ) -> tuple[list[datetime], Matrix]:
-    """Bucket starts and hourly means at value ``positions`` (None: a NaN column), oldest first, of the hours up to
-    ``until`` and, with ``since``, from ``since`` on: the newest ``limit`` of them from the ``readings_hourly``
-    rollup or, ``exact``, the oldest ``limit`` computed from ``readings`` now.
+    """Bucket starts and hourly means at value ``positions`` (None: a NaN column), oldest first, of the newest
+    ``limit`` hours of the ``readings_hourly`` rollup up to ``until`` and, with ``since``, from ``since`` on.
 
     The rollup is for long histories. With TimescaleDB its materialized hours miss late rows (an ingest backlog,
-    a backfill) until the refresh policy's next run, up to 30 minutes later; an hour that must be right the one
-    time it is scored is read ``exact``. A bucket is the UTC hour, as in the rollup (migration 0006).
+    a backfill) until the refresh policy's next run, up to 30 minutes later: an hour that must be right the one
+    time it is scored comes from :func:`_exact_hours`.
     """
-    cols = sorted({p for p in positions if p is not None})
-    if exact:
-        means = sql.SQL("").join(sql.SQL(", avg(vals[{}])").format(sql.Literal(p)) for p in cols)
-        hour = sql.SQL("date_bin(interval '1 hour', {}, timestamptz '2000-01-01 00:00:00+00')")
-        query = sql.SQL(
-            """SELECT {} AS bucket{} FROM readings
-               WHERE machine_id = %s AND time >= {} AND time < {} + interval '1 hour'
-               GROUP BY 1 ORDER BY 1 LIMIT %s"""
-        ).format(
-            hour.format(sql.Identifier("time")),
-            means,
-            hour.format(sql.SQL("%s::timestamptz")),
-            hour.format(sql.SQL("%s::timestamptz")),
-        )
-        cur = await conn.execute(query, [machine_id, since, until, limit])
-        rows = await cur.fetchall()
-    else:
-        query = sql.SQL(
-            """SELECT bucket{} FROM readings_hourly WHERE machine_id = %s AND bucket <= %s
-               AND (%s::timestamptz IS NULL OR bucket >= %s) ORDER BY bucket DESC LIMIT %s"""
-        ).format(sql.SQL("").join(sql.SQL(", ") + sql.Identifier(f"mean_{p}") for p in cols))
-        cur = await conn.execute(query, [machine_id, until, since, since, limit])
-        rows = (await cur.fetchall())[::-1]
+    cols = _rolled(positions)
+    query = sql.SQL(
+        """SELECT bucket{} FROM readings_hourly WHERE machine_id = %s AND bucket <= %s
+           AND (%s::timestamptz IS NULL OR bucket >= %s) ORDER BY bucket DESC LIMIT %s"""
+    ).format(sql.SQL("").join(sql.SQL(", ") + sql.Identifier(f"mean_{p}") for p in cols))
+    cur = await conn.execute(query, [machine_id, until, since, since, limit])
+    return _by_position((await cur.fetchall())[::-1], cols, positions)
+
+
+async def _exact_hours(
+    conn: psycopg.AsyncConnection[Any],
+    machine_id: int,
+    positions: list[int | None],
+    *,
+    until: datetime,
+    since: datetime,
+    limit: int,
+) -> tuple[list[datetime], Matrix]:
+    """As :func:`_hourly_rows`, but the oldest ``limit`` hours from ``since`` to ``until``, computed from
+    ``readings`` now, the way the rollup computes them (UTC hours, migration 0006)."""
+    cols = _rolled(positions)
+    hour = sql.SQL("date_bin(interval '1 hour', {}, timestamptz '2000-01-01 00:00:00+00')")
+    at = hour.format(sql.SQL("%s::timestamptz"))
+    query = sql.SQL(
+        """SELECT {} AS bucket{} FROM readings WHERE machine_id = %s AND time >= {} AND time < {} + interval '1 hour'
+           GROUP BY 1 ORDER BY 1 LIMIT %s"""
+    ).format(
+        hour.format(sql.Identifier("time")),
+        sql.SQL("").join(sql.SQL(", avg(vals[{}])").format(sql.Literal(p)) for p in cols),
+        at,
+        at,
+    )
+    cur = await conn.execute(query, [machine_id, since, until, limit])
+    return _by_position(await cur.fetchall(), cols, positions)
+
+
+def _rolled(positions: list[int | None]) -> list[int]:
+    return sorted({p for p in positions if p is not None})
+
+
+def _by_position(
+    rows: list[tuple[Any, ...]], cols: list[int], positions: list[int | None]
+) -> tuple[list[datetime], Matrix]:
+    """Bucket starts, and rows of means for ``cols`` laid out by ``positions`` (None: a NaN column)."""
     got = np.array([[np.nan if v is None else v for v in r[1:]] for r in rows], dtype=np.float64)
     got = got.reshape(len(rows), len(cols))
     at = {p: i for i, p in enumerate(cols)}
@@ -318,14 +337,13 @@ class _Scorer:
         positions: list[int | None] = [machine.sensors.index(f) + 1 for f in [*am.features, *am.condition]]
         # New hours are scored once, so they are computed from the readings; the context hours, scored in an
         # earlier pass, only warm up the changes and the rules, and the rollup serves them.
-        new_buckets, new_values = await _hourly_rows(
+        new_buckets, new_values = await _exact_hours(
             conn,
             machine_id,
             positions,
             until=until,
             since=until - timedelta(hours=HOURS_PER_PASS) if watermark is None else watermark + timedelta(hours=1),
             limit=HOURS_PER_PASS,
-            exact=True,
         )
         if not new_buckets:
             return 0

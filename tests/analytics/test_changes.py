@@ -97,3 +97,7 @@ def test_anomaly_cli_with_a_unit_column(tmp_path: Path) -> None:
     assert named.count("current") > len(named) / 2, named
     missing = runner.invoke(app, ["anomaly", "score", "--model", str(model), "--data", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2
+    unknown = runner.invoke(app, ["anomaly", "fit", "--train", str(train), "--detector", "lof", "--out", str(model)])
+    assert unknown.exit_code == 2
+    assert "'lof'" in unknown.output
+    assert "knn" in unknown.output, "the error lists the detectors there are"

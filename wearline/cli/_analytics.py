@@ -136,9 +136,10 @@ def anomaly_fit(
 ) -> None:
     """Fit a detector on normal operation and pick its threshold from held-out normal rows."""
     from analytics import AnomalyModel, read_table, save_model
+    from analytics._offline import DETECTORS
 
-    if detector not in ("pca", "mahalanobis", "knn", "iforest", "ewma"):
-        typer.echo(f"error: --detector must be pca, mahalanobis, knn, iforest or ewma, not {detector!r}", err=True)
+    if detector not in DETECTORS:
+        typer.echo(f"error: --detector must be one of {', '.join(DETECTORS)}, not {detector!r}", err=True)
         raise typer.Exit(2)
     with _user_errors():
         table = read_table(train, _cols(columns) or None)
