@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from wearline.errors import WearlineError
+
 __all__ = [
     "AnalyticsError",
     "DataError",
@@ -44,7 +46,7 @@ Features = Mapping[str, float | None]
 E = TypeVar("E", bound="_Params")
 
 
-class AnalyticsError(Exception):
+class AnalyticsError(WearlineError):
     """Base of the errors the analytics package raises."""
 
 

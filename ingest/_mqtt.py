@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from wearline.errors import WearlineError
 from wearline.settings import MqttSettings
 
 __all__ = ["BrokerError", "Message", "Subscriber"]
@@ -37,7 +38,7 @@ __all__ = ["BrokerError", "Message", "Subscriber"]
 log = logging.getLogger(__name__)
 
 
-class BrokerError(Exception):
+class BrokerError(WearlineError):
     """The broker could not be reached, refused us, or the connection dropped."""
 
 

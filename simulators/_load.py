@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators._fleet import Fleet
 from simulators._scenario import MachineGroup, Scenario
+from wearline.errors import WearlineError
 from wearline.settings import MqttSettings
 from wearline.topics import telemetry_topic
 from wearline.wire import Sample, encode_message
@@ -28,7 +29,7 @@ __all__ = ["LoadResult", "run_load"]
 _MAX_QUEUED = 20_000  # messages handed to paho and not yet written to the socket
 
 
-class LoadError(RuntimeError):
+class LoadError(WearlineError, RuntimeError):
     """The broker could not be reached or refused the load run."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simulators._machines import MACHINE_TYPES
+from wearline.errors import WearlineError
 from wearline.topics import LEVEL
 
 __all__ = [
@@ -32,7 +33,7 @@ FAULT_KINDS = ("spike", "stuck", "dropout", "step", "noise_burst", "drift")
 Schedule = Literal["continuous", "two_shift", "day_shift"]
 
 
-class ScenarioError(ValueError):
+class ScenarioError(WearlineError, ValueError):
     """A scenario file or value is invalid; the message names the key."""
 
 

@@ -16,12 +16,14 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
+from wearline.errors import WearlineError
+
 __all__ = ["MetricsPortError", "run_service", "serve_metrics"]
 
 log = logging.getLogger(__name__)
 
 
-class MetricsPortError(OSError):
+class MetricsPortError(WearlineError, OSError):
     """The metrics endpoint could not bind its port."""
 
 

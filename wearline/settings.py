@@ -28,6 +28,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from wearline.errors import WearlineError
+
 __all__ = [
     "AlertsSettings",
     "AnalyticsSettings",
@@ -45,7 +47,7 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-class SettingsError(Exception):
+class SettingsError(WearlineError):
     """A setting is missing, malformed or contradicts another; the message names each setting."""
 
 

@@ -8,12 +8,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from wearline.errors import WearlineError
 from wearline.settings import DatabaseSettings
 
 __all__ = ["DatabaseUnavailable", "connect", "connection_kwargs", "open_pool"]
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(WearlineError):
     """The database could not be reached or refused us; the message says which DSN host and why."""
 
 
