@@ -18,13 +18,16 @@ from analytics._base import (
     clone,
 )
 from analytics._batch import BaselineDetector
+from analytics._bench import run_bench
+from analytics._evaluate import evaluate_dir
 from analytics._ewma import EwmaMad
 from analytics._iforest import IsolationForest
 from analytics._knn import KnnDistance
 from analytics._mahalanobis import Mahalanobis
-from analytics._offline import AnomalyModel, RulModel, make_detector, make_rul
+from analytics._offline import DETECTORS, AnomalyModel, RulModel, make_detector, make_rul
 from analytics._pca import PcaT2Q
 from analytics._regime import ConditionEncoder, RegimeScaler
+from analytics._registry import read_model_file, register_model
 from analytics._rul_gbm import GbmRul
 from analytics._rul_trend import TrendRul
 from analytics._store import load_model, save_model
@@ -33,6 +36,7 @@ from analytics._threshold import Thresholded
 from analytics._worker import AnalyticsSummary, run_analytics
 
 __all__ = [
+    "DETECTORS",
     "AnalyticsError",
     "AnalyticsSummary",
     "AnomalyModel",
@@ -57,11 +61,15 @@ __all__ = [
     "Thresholded",
     "TrendRul",
     "clone",
+    "evaluate_dir",
     "load_model",
     "make_detector",
     "make_rul",
+    "read_model_file",
     "read_table",
+    "register_model",
     "run_analytics",
+    "run_bench",
     "save_model",
     "write_rows",
 ]

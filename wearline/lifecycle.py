@@ -27,14 +27,19 @@ class MetricsPortError(WearlineError, OSError):
     """The metrics endpoint could not bind its port."""
 
 
-def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY) -> None:
-    """Expose ``registry`` on ``http://0.0.0.0:port/metrics``; port 0 turns the endpoint off."""
+def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY, *, setting: str = "metrics_port") -> None:
+    """Expose ``registry`` on ``http://0.0.0.0:port/metrics``; port 0 turns the endpoint off.
+
+    ``setting`` names the setting the port came from (``ingest.metrics_port``), for the message when it is taken.
+    """
     if port:
         try:
             start_http_server(port, registry=registry)
         except OSError as exc:
+            env = "WEARLINE_" + setting.upper().replace(".", "__")
             raise MetricsPortError(
-                f"cannot serve metrics on port {port} (the stage's metrics_port setting): {exc}"
+                f"cannot serve metrics on port {port}: {exc.strerror or exc}. Each Wearline process on one host "
+                f"needs a port of its own: set {setting} ({env}), or 0 to turn the endpoint off"
             ) from exc
         log.info("metrics on :%d/metrics", port)
 

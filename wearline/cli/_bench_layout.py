@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
-from wearline.cli._common import bench_app, settings_of
+from wearline.command import settings_of
+
+bench = typer.Typer()
 
 
-@bench_app.command("layout")
+@bench.command("layout")
 def bench_layout(
     ctx: typer.Context,
     samples: Annotated[int, typer.Option(min=1000, help="Samples (rows of the wide layout) to write.")] = 100_000,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from wearline.cli._common import app, run_async, settings_of
+from wearline.command import run_async, settings_of
 
 db_app = typer.Typer(help="Database schema: migrations and status.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
 
 
 @db_app.command("migrate")

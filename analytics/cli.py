@@ -1,17 +1,22 @@
-"""Offline analytics on users' own exports: `wearline rul fit|predict`, `wearline anomaly fit|score`,
-`wearline eval` on a held-out simulated fleet, and `wearline bench analytics`."""
+"""Analytics' commands: the worker (`wearline analytics`), offline analytics on users' own exports (`wearline rul
+fit|predict`, `wearline anomaly fit|score`), `wearline eval` on a held-out simulated fleet, `wearline models ...` and
+`wearline bench analytics`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wearline.cli._common import app, bench_app, run_async, settings_of
+from wearline.command import OFFLINE, check_output, run_async, run_stage, settings_of
+from wearline.settings import Settings
 
+__all__ = ["app", "bench"]
+
+app = typer.Typer()
+bench = typer.Typer()
 rul_app = typer.Typer(help="Remaining useful life from run-to-failure histories.", no_args_is_help=True)
 anomaly_app = typer.Typer(help="Anomaly detection fit on normal operation.", no_args_is_help=True)
 app.add_typer(rul_app, name="rul")
@@ -26,20 +31,25 @@ def _cols(value: str | None) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()] if value else []
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Bad files, columns and models end the command with the message that names them, exit status 2."""
-    from analytics import AnalyticsError
+@app.command()
+def analytics(
+    ctx: typer.Context,
+    worker: Annotated[
+        str | None, typer.Option(help="This worker's name among several (default: host:pid:random).")
+    ] = None,
+) -> None:
+    """Score new readings, record anomalies and RUL estimates; several workers split the machines."""
+    from analytics import run_analytics
 
-    try:
-        yield
-    except AnalyticsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    async def main(s: Settings, stop: asyncio.Event) -> None:
+        await run_analytics(s, stop, worker=worker)
+
+    run_stage(ctx, "analytics", main, settings_of(ctx).analytics.metrics_port)
 
 
 @rul_app.command("fit")
 def rul_fit(
+    ctx: typer.Context,
     train: Annotated[Path, typer.Option(help="Run-to-failure histories: each unit's rows end at its failure.")],
     unit: Annotated[str, typer.Option(help="Column naming the unit (machine, engine, bearing).")],
     time: Annotated[str, typer.Option(help="Column of time: hours, or timestamps.")],
@@ -57,39 +67,39 @@ def rul_fit(
     """Fit RUL models on run-to-failure histories; retraining is running this again (a new version)."""
     from analytics import RulModel, read_table, save_model
 
+    settings_of(ctx, needs=OFFLINE)
     if model not in ("gbm", "trend"):
-        typer.echo(f"error: --model must be gbm or trend, not {model!r}", err=True)
-        raise typer.Exit(2)
-    with _user_errors():
-        table = read_table(train, _cols(columns) or None)
-        fitted = RulModel.fit(
-            table,
-            unit=unit,
-            time=time,
-            features=_cols(features) or None,
-            condition=_cols(condition),
-            by=by,
-            model="gbm" if model == "gbm" else "trend",
-            coverage=coverage,
-            seed=seed,
-        )
-        meta = save_model(
-            fitted,
-            out,
-            "rul",
-            {
-                "estimator": model,
-                "coverage": coverage,
-                "seed": seed,
-                "training": {"file": str(train), "rows": len(table), "columns": table.names},
-                "unit": unit,
-                "time": time,
-                "features": fitted.features,
-                "condition": fitted.conditions.columns,
-                "by": by,
-                "groups": {g: {"mean_life_hours": round(v, 3)} for g, v in fitted.life_hours.items()},
-            },
-        )
+        raise typer.BadParameter(f"must be gbm or trend, not {model!r}", param_hint="--model")
+    check_output(out, "--out")
+    table = read_table(train, _cols(columns) or None)
+    fitted = RulModel.fit(
+        table,
+        unit=unit,
+        time=time,
+        features=_cols(features) or None,
+        condition=_cols(condition),
+        by=by,
+        model="gbm" if model == "gbm" else "trend",
+        coverage=coverage,
+        seed=seed,
+    )
+    meta = save_model(
+        fitted,
+        out,
+        "rul",
+        {
+            "estimator": model,
+            "coverage": coverage,
+            "seed": seed,
+            "training": {"file": str(train), "rows": len(table), "columns": table.names},
+            "unit": unit,
+            "time": time,
+            "features": fitted.features,
+            "condition": fitted.conditions.columns,
+            "by": by,
+            "groups": {g: {"mean_life_hours": round(v, 3)} for g, v in fitted.life_hours.items()},
+        },
+    )
     typer.echo(
         f"wrote {out} version {meta['version']}: {len(fitted.features)} features, groups {sorted(fitted.life_hours)}"
     )
@@ -97,6 +107,7 @@ def rul_fit(
 
 @rul_app.command("predict")
 def rul_predict(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Option(help="A model written by `wearline rul fit`.")],
     data: Annotated[Path, typer.Option(help="Histories of units still running (same columns as training).")],
     out: Annotated[Path | None, typer.Option(help="CSV to write (default: standard output).")] = None,
@@ -105,10 +116,12 @@ def rul_predict(
     """One row per unit: unit, rul, lower, upper, at the unit's last time."""
     from analytics import RulModel, load_model, read_table, write_rows
 
-    with _user_errors():
-        fitted, _ = load_model(model, "rul")
-        assert isinstance(fitted, RulModel)
-        preds = fitted.predict(read_table(data, _cols(columns) or None))
+    settings_of(ctx, needs=OFFLINE)
+    if out is not None:
+        check_output(out, "--out")
+    fitted, _ = load_model(model, "rul")
+    assert isinstance(fitted, RulModel)
+    preds = fitted.predict(read_table(data, _cols(columns) or None))
     text = write_rows(
         out, ["unit", "time", "rul", "lower", "upper"], [[p.unit, p.time, p.rul, p.lower, p.upper] for p in preds]
     )
@@ -118,6 +131,7 @@ def rul_predict(
 
 @anomaly_app.command("fit")
 def anomaly_fit(
+    ctx: typer.Context,
     train: Annotated[Path, typer.Option(help="Normal operation only; a few hundred rows are enough.")],
     out: Annotated[Path, typer.Option(help="Model file to write (plus MODEL.json with its metadata).")],
     features: Annotated[str | None, typer.Option(help="Sensor columns COLS (default: every numeric one).")] = None,
@@ -135,45 +149,45 @@ def anomaly_fit(
     seed: int = 0,
 ) -> None:
     """Fit a detector on normal operation and pick its threshold from held-out normal rows."""
-    from analytics import AnomalyModel, read_table, save_model
-    from analytics._offline import DETECTORS
+    from analytics import DETECTORS, AnomalyModel, read_table, save_model
 
+    settings_of(ctx, needs=OFFLINE)
     if detector not in DETECTORS:
-        typer.echo(f"error: --detector must be one of {', '.join(DETECTORS)}, not {detector!r}", err=True)
-        raise typer.Exit(2)
-    with _user_errors():
-        table = read_table(train, _cols(columns) or None)
-        fitted = AnomalyModel.fit(
-            table,
-            features=_cols(features) or None,
-            condition=_cols(condition),
-            detector=detector,  # type: ignore[arg-type]
-            persistence=persistence,
-            unit=unit,
-            changes=changes,
-            seed=seed,
-        )
-        meta = save_model(
-            fitted,
-            out,
-            "anomaly",
-            {
-                "detector": detector,
-                "threshold": fitted.detector.threshold,
-                "persistence": persistence,
-                "unit": unit,
-                "changes": fitted.changes,
-                "seed": seed,
-                "training": {"file": str(train), "rows": len(table), "columns": table.names},
-                "features": fitted.features,
-                "condition": fitted.condition,
-            },
-        )
+        raise typer.BadParameter(f"must be one of {', '.join(DETECTORS)}, not {detector!r}", param_hint="--detector")
+    check_output(out, "--out")
+    table = read_table(train, _cols(columns) or None)
+    fitted = AnomalyModel.fit(
+        table,
+        features=_cols(features) or None,
+        condition=_cols(condition),
+        detector=detector,  # type: ignore[arg-type]
+        persistence=persistence,
+        unit=unit,
+        changes=changes,
+        seed=seed,
+    )
+    meta = save_model(
+        fitted,
+        out,
+        "anomaly",
+        {
+            "detector": detector,
+            "threshold": fitted.detector.threshold,
+            "persistence": persistence,
+            "unit": unit,
+            "changes": fitted.changes,
+            "seed": seed,
+            "training": {"file": str(train), "rows": len(table), "columns": table.names},
+            "features": fitted.features,
+            "condition": fitted.condition,
+        },
+    )
     typer.echo(f"wrote {out} version {meta['version']}: threshold {fitted.detector.threshold:.4g} on {len(table)} rows")
 
 
 @anomaly_app.command("score")
 def anomaly_score(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Option(help="A model written by `wearline anomaly fit`.")],
     data: Annotated[Path, typer.Option(help="Rows to score, in time order.")],
     out: Annotated[Path | None, typer.Option(help="CSV to write (default: standard output).")] = None,
@@ -182,20 +196,23 @@ def anomaly_score(
     """Per row: score, flag (1 = anomalous) and, for flagged rows, the sensors that drove it (;-separated)."""
     from analytics import AnomalyModel, load_model, read_table, write_rows
 
-    with _user_errors():
-        fitted, _ = load_model(model, "anomaly")
-        assert isinstance(fitted, AnomalyModel)
-        table = read_table(data, _cols(columns) or None)
-        scores, flags = fitted.score(table)
-        drivers = fitted.drivers(table)
+    settings_of(ctx, needs=OFFLINE)
+    if out is not None:
+        check_output(out, "--out")
+    fitted, _ = load_model(model, "anomaly")
+    assert isinstance(fitted, AnomalyModel)
+    table = read_table(data, _cols(columns) or None)
+    scores, flags = fitted.score(table)
+    drivers = fitted.drivers(table)
     rows = [[float(s), int(f), ";".join(d) if f else ""] for s, f, d in zip(scores, flags, drivers, strict=True)]
     text = write_rows(out, ["score", "flag", "sensors"], rows)
     if out is None:
         typer.echo(text, nl=False)
 
 
-@bench_app.command("analytics")
+@bench.command("analytics")
 def bench_analytics(
+    ctx: typer.Context,
     machines: Annotated[int, typer.Option(help="Machines in the fleet RUL refresh.")] = 10_000,
     rows: Annotated[int, typer.Option(help="Rows per streaming scoring batch.")] = 200_000,
     sensors: Annotated[int, typer.Option(help="Sensors per row.")] = 5,
@@ -203,8 +220,9 @@ def bench_analytics(
     seed: int = 0,
 ) -> None:
     """Scoring throughput of every detector (readings = rows x sensors) and a fleet RUL refresh; ends with JSON."""
-    from analytics._bench import run_bench
+    from analytics import run_bench
 
+    settings_of(ctx, needs=OFFLINE)
     run_bench(machines=machines, rows=rows, sensors=sensors, history=history, seed=seed, echo=typer.echo)
 
 
@@ -215,12 +233,11 @@ def models_register(
     machine_type: Annotated[str, typer.Option(help="Machine type the worker should use it for.")],
 ) -> None:
     """Store a model in the database; the worker uses the newest version per machine type from its next pass."""
-    from analytics._registry import read_model_file, register_model
+    from analytics import read_model_file, register_model
     from wearline.db import connect
 
     settings = settings_of(ctx)
-    with _user_errors():
-        blob, meta = read_model_file(model)
+    blob, meta = read_model_file(model)
 
     async def store() -> str:
         async with await connect(settings.database) as conn:
@@ -233,6 +250,7 @@ def models_register(
 
 @app.command("eval")
 def eval_(
+    ctx: typer.Context,
     data: Annotated[
         Path, typer.Option(help="Folder with train.csv, train_truth.csv, test.csv, test_rul.csv, test_truth.csv.")
     ],
@@ -266,20 +284,20 @@ def eval_(
     interval coverage on a held-out fleet; the last line is one JSON object."""
     import json
 
-    from analytics._evaluate import evaluate_dir
+    from analytics import evaluate_dir
 
-    with _user_errors():
-        figures = evaluate_dir(
-            data,
-            detectors=_cols(detectors),  # type: ignore[arg-type]
-            ruls=_cols(models),  # type: ignore[arg-type]
-            persistence=persistence,
-            grace_h=grace_h,
-            rul_cap_share=rul_cap_share,
-            incipient_health=incipient_health,
-            normal_share=normal_share,
-            changes=changes,
-            seed=seed,
-            echo=typer.echo,
-        )
+    settings_of(ctx, needs=OFFLINE)
+    figures = evaluate_dir(
+        data,
+        detectors=_cols(detectors),  # type: ignore[arg-type]
+        ruls=_cols(models),  # type: ignore[arg-type]
+        persistence=persistence,
+        grace_h=grace_h,
+        rul_cap_share=rul_cap_share,
+        incipient_health=incipient_health,
+        normal_share=normal_share,
+        changes=changes,
+        seed=seed,
+        echo=typer.echo,
+    )
     typer.echo(json.dumps(figures, sort_keys=True, default=float))

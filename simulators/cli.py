@@ -1,4 +1,5 @@
-"""`wearline simulate`: play the plant (live over MQTT, or offline to CSV), and `wearline bench simulate`."""
+"""The simulators' commands: `wearline simulate` plays the plant (live over MQTT, or offline to CSV), and
+`wearline bench simulate`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from typing import Annotated
 
 import typer
 
-from wearline.cli._common import app, bench_app, run_stage, settings_of
+from wearline.command import OFFLINE, check_output, run_stage, settings_of
 from wearline.settings import Settings
+
+__all__ = ["app", "bench"]
+
+app = typer.Typer()
+bench = typer.Typer()
 
 
 class Mode(StrEnum):
@@ -96,6 +102,8 @@ def simulate(
     if mode is Mode.offline:
         from simulators import write_offline_dataset
 
+        settings_of(ctx, needs=OFFLINE)
+        check_output(out, "--out", folder=True)
         started = time.monotonic()
         ds = write_offline_dataset(sc, out, units=units, seed=run_seed, test_units=test_units)
         typer.echo(
@@ -170,7 +178,7 @@ def _load(ctx: typer.Context, sc: object, machines: int, duration: float, seed: 
     typer.echo(result.json())
 
 
-@bench_app.command("simulate")
+@bench.command("simulate")
 def bench_simulate(
     ctx: typer.Context,
     machines: Annotated[int, typer.Option(min=1, help="Simulated machines in one process.")] = 10_000,

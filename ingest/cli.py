@@ -1,7 +1,8 @@
-"""`wearline bench ingest`: sustained committed readings/s, publish-to-commit latency, CPU and memory of ingest."""
+"""Ingest's commands: `wearline ingest` (the stage) and `wearline bench ingest`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -9,10 +10,32 @@ from typing import Annotated
 
 import typer
 
-from wearline.cli._common import bench_app, settings_of
+from wearline.command import run_stage, settings_of
+from wearline.settings import Settings
+
+__all__ = ["app", "bench"]
+
+app = typer.Typer()
+bench = typer.Typer()
 
 
-@bench_app.command("ingest")
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    client_id: Annotated[str | None, typer.Option(help="MQTT client id (default: mqtt.client_id).")] = None,
+) -> None:
+    """Subscribe to telemetry and commit it to the database (QoS 1, acknowledged after commit)."""
+    from ingest import run_ingest
+
+    settings = settings_of(ctx)
+
+    async def main(s: Settings, stop: asyncio.Event) -> None:
+        await run_ingest(s, stop, client_id=client_id)
+
+    run_stage(ctx, "ingest", main, settings.ingest.metrics_port)
+
+
+@bench.command("ingest")
 def bench_ingest(
     ctx: typer.Context,
     workers: Annotated[int, typer.Option(min=1, max=16, help="Ingest worker processes (one shared subscription).")] = 1,
@@ -34,7 +57,7 @@ def bench_ingest(
     and loss, then one JSON line with every figure. Broker protocol and batching come from the settings
     (``WEARLINE_MQTT__PROTOCOL``, ``WEARLINE_INGEST__*``).
     """
-    from ingest._bench import run_bench
+    from ingest import run_bench
 
     settings = settings_of(ctx)
     profiles = profile or [10, 100]

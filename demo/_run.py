@@ -1,4 +1,4 @@
-"""``wearline demo``: a small simulated fleet through ingest, analytics and alerts until a ticket appears."""
+"""Running the demo: reset its schema, run every stage in this process, publish a fleet with one fault."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ async def run_demo(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.database.schema_name))
         )
     await migrate(settings.database)
-    serve_metrics(settings.ingest.metrics_port)
+    serve_metrics(settings.ingest.metrics_port, setting="ingest.metrics_port")
     # One steady operating condition, so the only thing a detector can find is the injected bearing wear, which
     # runs to failure shortly after the published history ends.
     scenario = simulators.Scenario(

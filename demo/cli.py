@@ -8,7 +8,11 @@ from typing import Annotated
 
 import typer
 
-from wearline.cli._common import app, run_async, settings_of
+from wearline.command import run_async, settings_of
+
+__all__ = ["app"]
+
+app = typer.Typer()
 
 
 @app.command()
@@ -23,7 +27,7 @@ def demo(
 
     Uses its own schema (database.schema + '_demo', recreated each run) and topic prefix (topic_prefix + '-demo').
     """
-    from wearline.demo import run_demo
+    from demo import run_demo
     from wearline.lifecycle import run_service
 
     base = settings_of(ctx)

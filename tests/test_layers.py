@@ -1,0 +1,75 @@
+"""The layering rules, read from the source: the core imports no stage, stages use each other's public names only,
+and each stage's commands are mounted through entry points."""
+
+from __future__ import annotations
+
+import ast
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "analytics", "alerts", "simulators")
+PACKAGES = ("wearline", *STAGES, "demo")
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module name ``path`` imports, absolute, including imports inside functions."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            # `from analytics import _offline` reaches a private module just the same
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_"))
+    return names
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_the_core_imports_no_stage() -> None:
+    offences = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in _modules("wearline")
+        for name in _imports(path)
+        if name.split(".")[0] in (*STAGES, "demo")
+    ]
+    assert offences == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_other_packages_are_reached_through_their_public_names(package: str) -> None:
+    offences = []
+    for path in _modules(package):
+        for name in _imports(path):
+            top, *rest = name.split(".")
+            if top == package or top not in PACKAGES:
+                continue
+            if any(part.startswith("_") for part in rest):
+                offences.append(f"{path.relative_to(ROOT)} imports private {name}")
+            if package in STAGES and top in (*STAGES, "demo"):
+                offences.append(f"{path.relative_to(ROOT)} (a stage) imports the stage or layer {top}")
+    assert offences == []
+
+
+@pytest.mark.parametrize("package", [*STAGES, "demo"])
+def test_a_stage_cli_uses_only_its_own_public_names(package: str) -> None:
+    offences = [
+        name
+        for name in _imports(ROOT / package / "cli.py")
+        if name.split(".")[0] == package and any(part.startswith("_") for part in name.split(".")[1:])
+    ]
+    assert offences == []
+
+
+def test_every_stage_mounts_its_commands_through_an_entry_point() -> None:
+    mounted = {ep.name: ep.load() for ep in entry_points(group="wearline.commands")}
+    assert set(mounted) == {*STAGES, "demo"}
+    assert all(isinstance(app, typer.Typer) for app in mounted.values())
+    benches = {ep.value for ep in entry_points(group="wearline.bench")}
+    assert benches == {"ingest.cli:bench", "analytics.cli:bench", "simulators.cli:bench"}
