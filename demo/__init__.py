@@ -4,6 +4,6 @@ It sits above the stages (it imports every one of them, through their public nam
 imports none; ``wearline demo`` is its command.
 """
 
-from demo._run import DemoResult, run_demo
+from demo._run import DemoError, DemoResult, run_demo
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "run_demo"]

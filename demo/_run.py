@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -14,12 +15,17 @@ import analytics
 import ingest
 import simulators
 from wearline.db import connect, migrate
+from wearline.errors import WearlineError
 from wearline.lifecycle import serve_metrics
 from wearline.settings import Settings
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+
+class DemoError(WearlineError):
+    """The demo could not run: the broker or the database is out of reach."""
 
 
 @dataclass
@@ -27,6 +33,7 @@ class DemoResult:
     ticket: alerts.Ticket | None
     seconds: float
     published: int
+    interrupted: bool = False
 
 
 async def run_demo(
@@ -43,7 +50,8 @@ async def run_demo(
     """Reset the demo schema, run every stage in this process, and return the first ticket (or None on timeout).
 
     The simulated clock starts ``history_s`` before now and runs ``time_scale`` times faster, so a fault that
-    takes ten simulated minutes to develop shows up within seconds.
+    takes ten simulated minutes to develop shows up within seconds. Raises :class:`DemoError` when ingest cannot
+    subscribe within the broker's connect timeout (ingest itself would go on retrying).
     """
     started = time.monotonic()
     conn = await connect(settings.database, autocommit=True)
@@ -71,7 +79,9 @@ async def run_demo(
     async def publish() -> None:
         nonlocal published
         # The broker keeps messages only for subscriptions it knows: start once ingest has subscribed.
-        await subscribed.wait()
+        await _first(subscribed, stage_stop)
+        if stage_stop.is_set():
+            return
         result = await simulators.publish_fleet(
             settings.mqtt,
             settings.topic_prefix,
@@ -86,6 +96,13 @@ async def run_demo(
     async def watch() -> None:
         nonlocal ticket
         deadline = time.monotonic() + timeout_s
+        # ingest retries an unreachable broker for ever, as a service should; the demo gives up and says why.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(timeout_s, settings.mqtt.connect_timeout_s)):
+                await _first(subscribed, stop)
+        if not subscribed.is_set():
+            stage_stop.set()
+            return
         async with await connect(settings.database, autocommit=True) as wconn:
             while ticket is None and time.monotonic() < deadline and not stop.is_set():
                 found = await alerts.list_tickets(wconn)
@@ -101,4 +118,20 @@ async def run_demo(
         tg.create_task(alerts.run_alerts(settings, stage_stop))
         tg.create_task(publish())
         tg.create_task(watch())
-    return DemoResult(ticket, time.monotonic() - started, published)
+    if not subscribed.is_set() and not stop.is_set():
+        m = settings.mqtt
+        raise DemoError(
+            f"the MQTT broker at {m.host}:{m.port} is unreachable: ingest could not subscribe within "
+            f"{min(timeout_s, m.connect_timeout_s):.0f} s (start it, or set WEARLINE_MQTT__HOST / WEARLINE_MQTT__PORT)"
+        )
+    return DemoResult(ticket, time.monotonic() - started, published, interrupted=stop.is_set() and ticket is None)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

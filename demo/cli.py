@@ -52,8 +52,11 @@ def demo(
         result = await run_demo(settings, stop, machines=machines, timeout_s=timeout)
 
     run_async(run_service("demo", body, grace_s=settings.shutdown_grace_s))
+    if result is not None and result.interrupted:
+        typer.echo(f"demo: interrupted after {result.seconds:.1f} s, before a ticket appeared", err=True)
+        raise typer.Exit(130)
     if result is None or result.ticket is None:
-        typer.echo("demo: no ticket appeared before the timeout", err=True)
+        typer.echo(f"demo: no ticket appeared within the timeout of {timeout:.0f} s", err=True)
         raise typer.Exit(1)
     t = result.ticket
     typer.echo(

@@ -1,0 +1,83 @@
+"""`wearline demo` as a user runs it: the real command in a subprocess, against the real database and broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_DSN, TEST_MQTT, drop_schema, unique
+
+WEARLINE = str(Path(sys.executable).with_name("wearline"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def demo_env() -> Iterator[dict[str, str]]:
+    schema = unique("wlt_demo_")
+    host, port = TEST_MQTT.rsplit(":", 1)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")},
+        "WEARLINE_DATABASE__DSN": TEST_DSN,
+        "WEARLINE_DATABASE__SCHEMA": schema,
+        "WEARLINE_TOPIC_PREFIX": unique("wlt-demo-"),
+        "WEARLINE_MQTT__HOST": host,
+        "WEARLINE_MQTT__PORT": port,
+        "WEARLINE_INGEST__METRICS_PORT": "0",
+    }
+    yield env
+    drop_schema(f"{schema}_demo")
+
+
+def test_demo_with_the_broker_down_exits_within_its_timeout_saying_so(demo_env: dict[str, str]) -> None:
+    port = _free_port()  # nothing listens here
+    started = time.monotonic()
+    done = subprocess.run(
+        [WEARLINE, "demo", "--timeout", "10"],
+        env={**demo_env, "WEARLINE_MQTT__PORT": str(port), "WEARLINE_MQTT__CONNECT_TIMEOUT_S": "3"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    print(f"demo with the broker down: exit {done.returncode} after {elapsed:.1f} s; stderr: {done.stderr[-300:]!r}")
+    assert done.returncode == 2
+    assert elapsed < 10 + 10, "within its timeout, plus start-up and the grace period"
+    assert f"127.0.0.1:{port} is unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_demo_interrupted_says_so(demo_env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [WEARLINE, "demo", "--timeout", "120"],
+        env=demo_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("demo:"), "the demo announced itself"
+        time.sleep(2.0)  # into the run: stages up, fleet publishing
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    print(f"demo interrupted: exit {proc.returncode}; stderr tail: {err[-300:]!r}")
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    assert "no ticket appeared" not in err
+    assert "Traceback" not in err
