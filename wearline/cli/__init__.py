@@ -35,9 +35,23 @@ class _Root(TyperGroup):
         except WearlineError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+        except ExceptionGroup as group:
+            # A stage's task group fails with every error its tasks raised: expected ones still get one line each.
+            expected, other = group.split(WearlineError)
+            if expected is None or other is not None:
+                raise
+            for line in dict.fromkeys(str(exc) for exc in _leaves(expected)):
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(2) from group
         except KeyboardInterrupt as exc:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf for exc in group.exceptions for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 app = typer.Typer(
