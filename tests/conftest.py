@@ -64,7 +64,7 @@ def make_settings(schema: str, prefix: str, storage: str = "auto", **overrides: 
             base[key] = {**base[key], **value}  # type: ignore[dict-item]
         else:
             base[key] = value
-    return load_settings(None, **base)
+    return load_settings(None, needs=None, **base)
 
 
 def drop_schema(schema: str) -> None:

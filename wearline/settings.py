@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,13 +23,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
+from wearline._settings_origin import Origins, env_name, env_path, suggest
 from wearline.errors import WearlineError
 
 __all__ = [
@@ -159,8 +162,15 @@ class AlertsSettings(_Section):
 
 
 class LogSettings(_Section):
+    """Logging: the threshold (any case) and ``text`` or ``json`` lines."""
+
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
 
 class Settings(BaseSettings):
@@ -199,51 +209,130 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file comes last so that environment variables override it; with no toml_file it reads nothing.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        # load_settings adds the TOML file below the environment; built directly, only the environment counts.
+        return (init_settings, env_settings)
 
 
-def _setting_name(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if not isinstance(p, int)]
-    return ".".join(parts) if parts else "(settings)"
+class _Source(PydanticBaseSettingsSource):
+    """One source of settings (the caller's, the environment, the file) without the sections left out."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], read: Callable[[], dict[str, Any]], drop: frozenset[str]
+    ) -> None:
+        super().__init__(settings_cls)
+        self._read = read
+        self._drop = drop
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._read().items() if k not in self._drop}
 
 
-def _env_name(name: str) -> str:
-    return "WEARLINE_" + name.upper().replace(".", "__")
+def _build(file_data: dict[str, Any], drop: frozenset[str], overrides: dict[str, Any]) -> Settings:
+    """Validate ``overrides``, the environment and ``file_data``, leaving the ``drop`` sections at their defaults."""
+
+    class _Loading(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                _Source(settings_cls, init_settings, drop),
+                _Source(settings_cls, env_settings, drop),
+                _Source(settings_cls, lambda: file_data, drop),
+            )
+
+    loaded = _Loading(**{k: v for k, v in overrides.items() if k not in drop})
+    # Hand back a plain Settings: a class defined in here could not be pickled into a worker process.
+    return Settings.model_construct(
+        _fields_set=loaded.model_fields_set, **{name: getattr(loaded, name) for name in Settings.model_fields}
+    )
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build and validate the settings, or raise :class:`SettingsError` naming every bad setting.
+def _config_path(config_file: Path | None) -> tuple[Path | None, str]:
+    if config_file is not None:
+        return config_file, "--config"
+    env_path = os.environ.get("WEARLINE_CONFIG")
+    return (Path(env_path), "WEARLINE_CONFIG") if env_path else (None, "")
+
+
+def _read_toml(path: Path, named_by: str) -> tuple[dict[str, Any], str]:
+    if path.is_dir():
+        raise SettingsError(f"config file {path} ({named_by}) is a folder; give the path of a TOML file")
+    if not path.is_file():
+        raise SettingsError(f"config file {path} ({named_by}) does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"config file {path} ({named_by}) is not UTF-8 text: is it a TOML file?") from exc
+    except OSError as exc:
+        raise SettingsError(f"config file {path} ({named_by}) cannot be read: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        where = re.search(r"\(at line (\d+), column (\d+)\)$", str(exc))
+        if where is None:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+        reason = str(exc)[: where.start()].rstrip()
+        raise SettingsError(
+            f"{path} line {where.group(1)}: not valid TOML: {reason} (column {where.group(2)})"
+        ) from exc
+
+
+def _unknown_variables(needs: frozenset[str] | None) -> list[str]:
+    """A ``WEARLINE_*`` variable that names no setting is a typo that would silently do nothing: name it."""
+    problems = []
+    for var in sorted(os.environ):
+        path = env_path(var)
+        if path is None or path[0] in Settings.model_fields:
+            continue  # not a setting by design, or a section pydantic checks key by key
+        near = suggest(Settings, path)
+        # A typo meant for a section this command does not use cannot change what it does.
+        if needs is not None and near and not any(p[0] in needs for p in near):
+            continue
+        hint = f"; did you mean {' or '.join(env_name(p) for p in near)}?" if near else ""
+        problems.append(f"{var}: unknown setting{hint}")
+    return problems
+
+
+def load_settings(
+    config_file: Path | None = None, *, needs: Collection[str] | None = None, **overrides: Any
+) -> Settings:
+    """Build and validate the settings, or raise :class:`SettingsError` naming every bad setting where it was written.
 
     ``config_file`` defaults to ``$WEARLINE_CONFIG``. ``overrides`` (the CLI's flags) win over the environment,
-    which wins over the file.
+    which wins over the file. ``needs`` names the top-level sections (or settings) the caller uses, for example
+    ``{"log"}`` for a command that reads and writes files only: a bad value anywhere else does not raise, and its
+    section keeps its defaults. ``None`` checks everything.
     """
-    env_path = os.environ.get("WEARLINE_CONFIG")
-    path = config_file or (Path(env_path) if env_path else None)
-    unknown = sorted(
-        name
-        for name in os.environ
-        if name.upper().startswith("WEARLINE_")
-        and name.upper()[len("WEARLINE_") :].split("__")[0].lower() not in {*Settings.model_fields, "config"}
-    )
-    if unknown:
-        raise SettingsError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
-    settings_cls: type[Settings] = Settings
-    if path is not None:
-        if not path.is_file():
-            raise SettingsError(f"config file {path} (WEARLINE_CONFIG or --config) does not exist")
-
-        class _FromFile(Settings):
-            model_config = SettingsConfigDict(toml_file=path)
-
-        settings_cls = _FromFile
+    wanted = frozenset(needs) if needs is not None else None
+    if wanted is not None and (strange := wanted - set(Settings.model_fields)):
+        raise ValueError(f"needs: no such settings section(s): {', '.join(sorted(strange))}")
+    path, named_by = _config_path(config_file)
+    file_data, file_text = _read_toml(path, named_by) if path is not None else ({}, "")
+    problems = _unknown_variables(wanted)
+    drop: set[str] = set()
     try:
-        return settings_cls(**overrides)
+        settings = _build(file_data, frozenset(), overrides)
     except ValidationError as exc:
-        lines = []
+        origins = Origins.collect(
+            Settings, overrides, os.environ, file_name=str(path), file_data=file_data, file_text=file_text
+        )
         for err in exc.errors():
-            name = _setting_name(err["loc"])
-            lines.append(f"  {name} ({_env_name(name)}): {err['msg']}")
-        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from exc
-    except ValueError as exc:  # malformed TOML surfaces as a ValueError subclass
-        raise SettingsError(f"config file {path}: {exc}") from exc
+            top = str(err["loc"][0]) if err["loc"] else ""
+            if wanted is not None and top and top not in wanted:
+                drop.add(top)
+            else:
+                problems.append(origins.describe(err))
+        if not problems:
+            settings = _build(file_data, frozenset(drop), overrides)
+    if problems:
+        raise SettingsError(problems[0] if len(problems) == 1 else "invalid settings: " + "; ".join(problems))
+    return settings
