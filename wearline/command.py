@@ -41,9 +41,7 @@ class Invocation:
     def settings(self, needs: Collection[str] | None) -> Settings:
         key = frozenset(needs) if needs is not None else None
         if key not in self._loaded:
-            settings = (
-                load_settings(self.config_file) if needs is None else load_settings(self.config_file, needs=needs)
-            )
+            settings = load_settings(self.config_file, needs=needs)
             setup_logging(settings.log)
             self._loaded[key] = settings
         return self._loaded[key]
