@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from ingest._bench import own_broker
 from wearline.db import migrate
@@ -27,6 +28,13 @@ hypothesis_settings.load_profile("wearline")
 
 TEST_DSN = os.environ.get("WEARLINE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_MQTT = os.environ.get("WEARLINE_TEST_MQTT", "127.0.0.1:1883")
+
+
+def pytest_report_header() -> list[str]:
+    """Which servers this run tests against (the DSN without its password): a run may target another cluster."""
+    info = conninfo_to_dict(TEST_DSN)
+    where = f"{info.get('user', '')}@{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
+    return [f"wearline: database {where} (WEARLINE_TEST_DSN), broker {TEST_MQTT} (WEARLINE_TEST_MQTT)"]
 
 
 def _timescaledb_available() -> bool:

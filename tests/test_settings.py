@@ -14,10 +14,15 @@ from wearline.cli import app
 from wearline.settings import DatabaseSettings, MqttSettings, Settings, SettingsError, load_settings
 
 
-def test_defaults_cover_broker_database_topics_batches_and_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True)
+def _no_wearline_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sets what it needs: ./dev exports WEARLINE_DATABASE__DSN on a server that asks for a password."""
     for name in list(os.environ):
-        if name.startswith("WEARLINE_"):
+        if name.upper().startswith("WEARLINE_"):
             monkeypatch.delenv(name)
+
+
+def test_defaults_cover_broker_database_topics_batches_and_metrics() -> None:
     s = load_settings()
     assert (s.mqtt.host, s.mqtt.port, s.mqtt.tls, s.mqtt.client_id) == ("127.0.0.1", 1883, False, "wearline")
     assert s.database.dsn.startswith("postgresql://")
