@@ -245,3 +245,17 @@ def test_cli_reports_the_bad_setting_and_exits_2(monkeypatch: pytest.MonkeyPatch
     result = CliRunner().invoke(app, ["db", "info"])
     assert result.exit_code == 2
     assert "mqtt.port (WEARLINE_MQTT__PORT)" in result.output
+
+
+def test_an_offline_command_runs_past_a_broken_broker_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = _file(tmp_path, "[mqtt]\nport = 70000\n")
+    monkeypatch.setenv("WEARLINE_MQTT__PROTOCOL", "4")
+    args = ["anomaly", "fit", "--train", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "m.model")]
+    offline = CliRunner().invoke(app, ["--config", str(conf), *args])
+    assert offline.exit_code == 2
+    assert "absent.csv" in offline.output  # it got as far as its own input
+    assert "mqtt" not in offline.output
+    online = CliRunner().invoke(app, ["--config", str(conf), "db", "info"])
+    assert online.exit_code == 2
+    assert f"{conf} line 2: mqtt.port = 70000" in online.output
+    assert "mqtt.protocol (WEARLINE_MQTT__PROTOCOL)" in online.output
