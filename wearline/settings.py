@@ -323,7 +323,12 @@ def load_settings(
         settings = _build(file_data, frozenset(), overrides)
     except ValidationError as exc:
         origins = Origins.collect(
-            Settings, overrides, os.environ, file_name=str(path), file_data=file_data, file_text=file_text
+            Settings,
+            overrides,
+            os.environ,
+            file_name=str(path) if path else None,
+            file_data=file_data,
+            file_text=file_text,
         )
         for err in exc.errors():
             top = str(err["loc"][0]) if err["loc"] else ""
