@@ -1,0 +1,161 @@
+"""The README's commands run as written: every line of every ```sh block is run here or by a CI step.
+
+Lines run verbatim, in a folder of the test's own that sees the checkout's deploy/, but for three things a test must change: `.venv/bin/wearline` is this environment's command,
+paths under /tmp go to the test's own folder, and long runs get options appended that shorten them (for Typer the
+last of a repeated option wins). Each run has its own schema and topic prefix, and its metrics off.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import TEST_DSN, TEST_MQTT, drop_schema, unique
+
+ROOT = Path(__file__).resolve().parents[1]
+WEARLINE = str(Path(sys.executable).with_name("wearline"))
+
+# Appended to a README line in tests, to keep the suite short; the line itself is what a user runs.
+SHORTER = {
+    "simulate --mode offline": ["--units", "10"],
+    "rul fit": [],
+    "eval": ["--detectors", "knn", "--models", "gbm"],
+    "bench ingest": ["--duration", "2", "--profile", "10"],
+    "bench simulate": ["--duration", "1", "--machines", "200"],
+    "bench analytics": ["--machines", "50", "--rows", "2000", "--history", "20"],
+    "bench layout": ["--samples", "1000"],
+}
+
+
+def sh_blocks() -> list[list[str]]:
+    """Each ```sh block of the README as its command lines, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    blocks = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
+        lines = [re.split(r"\s+#\s", line)[0].strip() for line in block.splitlines()]
+        blocks.append([line for line in lines if line and not line.startswith("#")])
+    return blocks
+
+
+def block_with(first: str) -> list[str]:
+    """The README block whose first line starts with ``first``."""
+    found = [b for b in sh_blocks() if b and b[0].startswith(first)]
+    assert len(found) == 1, f"one README block starts with {first!r}"
+    return found[0]
+
+
+def wearline_args(line: str, tmp: Path) -> list[str]:
+    words = shlex.split(line.replace("/tmp/", f"{tmp}/"))
+    assert words[0] == ".venv/bin/wearline", line
+    args = words[1:]
+    for prefix, extra in SHORTER.items():
+        if " ".join(args).startswith(prefix):
+            args += extra
+    return args
+
+
+@pytest.fixture
+def env() -> Iterator[dict[str, str]]:
+    schema = unique("wlt_readme_")
+    host, port = TEST_MQTT.rsplit(":", 1)
+    yield {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")},
+        "WEARLINE_DATABASE__DSN": TEST_DSN,
+        "WEARLINE_DATABASE__SCHEMA": schema,
+        "WEARLINE_TOPIC_PREFIX": unique("wlt-readme-"),
+        "WEARLINE_MQTT__HOST": host,
+        "WEARLINE_MQTT__PORT": port,
+        "WEARLINE_MQTT__CLIENT_ID": unique("wlt-readme-"),
+        "WEARLINE_INGEST__METRICS_PORT": "0",
+        "WEARLINE_ANALYTICS__METRICS_PORT": "0",
+        "WEARLINE_ALERTS__METRICS_PORT": "0",
+    }
+    drop_schema(schema)
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> str:
+    # The README's paths are relative to the checkout (deploy/...); its outputs go to the test's folder.
+    if not (cwd / "deploy").exists():
+        (cwd / "deploy").symlink_to(ROOT / "deploy")
+    started = time.monotonic()
+    done = subprocess.run(
+        [WEARLINE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    print(f"wearline {shlex.join(args)}: exit {done.returncode} in {time.monotonic() - started:.1f} s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_quick_start_is_two_commands_and_ci_runs_both() -> None:
+    assert block_with("./dev") == ["./dev demo", "./dev test"]
+    commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert any(re.search(r"(^|\s)\./dev test\b", line) for line in commands), ".ci/run runs the test command"
+    assert any(re.search(r"(^|\s)\./dev demo\b", line) for line in commands), ".ci/run runs the demo command"
+
+
+def _user_exports(data: Path, tmp: Path) -> None:
+    """normal.csv and new.csv stand for the user's own exports in the README: pumps' early life and a later stretch."""
+    with (data / "train.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["machine_type"] == "centrifugal_pump"]
+    assert rows, "the simulated fleet has pumps"
+    names = [n for n in rows[0] if rows[0][n] != "" and n not in ("unit", "time", "machine_type", "condition")]
+    for name, early in (("normal.csv", True), ("new.csv", False)):
+        with (tmp / name).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["machine", *names])
+            w.writerows([[r["unit"], *(r[n] for n in names)] for r in rows if (float(r["time"]) < 150) == early])
+
+
+def test_offline_block_runs_as_written(env: dict[str, str], tmp_path: Path) -> None:
+    lines = block_with(".venv/bin/wearline simulate --mode offline")
+    for line in lines:
+        args = wearline_args(line, tmp_path)
+        if args[:2] == ["anomaly", "fit"] and not (tmp_path / "normal.csv").exists():
+            _user_exports(tmp_path / "sim-data", tmp_path)
+        if args[:2] == ["models", "register"]:
+            run(["db", "migrate"], env, tmp_path)
+        out = run(args, env, tmp_path, timeout=300)
+        if args[:2] == ["rul", "predict"]:
+            header = out.splitlines()[0].split(",")
+            assert header == ["unit", "time", "rul", "lower", "upper"]
+            assert len(out.splitlines()) > 1
+        if args[0] == "eval":
+            assert out.splitlines()[-1].startswith("{"), "eval ends with its JSON line"
+    with psycopg.connect(TEST_DSN) as conn:
+        n = conn.execute(f"SELECT count(*) FROM {env['WEARLINE_DATABASE__SCHEMA']}.models").fetchone()
+    assert n is not None
+    assert n[0] == 1, "models register stored the model"
+
+
+def test_benchmark_block_runs_as_written(env: dict[str, str], tmp_path: Path) -> None:
+    lines = block_with(".venv/bin/wearline bench")
+    assert {" ".join(shlex.split(line)[1:3]) for line in lines} == {
+        "bench ingest",
+        "bench simulate",
+        "bench analytics",
+        "bench layout",
+    }
+    for line in lines:
+        out = run(wearline_args(line, tmp_path), env, tmp_path, timeout=300)
+        assert out.splitlines()[-1].startswith("{"), f"{line} ends with its JSON line"
+
+
+def test_every_readme_command_is_run_somewhere() -> None:
+    claimed = [
+        block_with("./dev"),
+        block_with(".venv/bin/wearline simulate --mode offline"),
+        block_with(".venv/bin/wearline bench"),
+        *[b for b in sh_blocks() if b and b[0].startswith(".venv/bin/wearline db migrate")],
+    ]
+    unclaimed = [line for block in sh_blocks() for line in block if not any(line in b for b in claimed)]
+    assert unclaimed == []
