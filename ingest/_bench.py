@@ -469,6 +469,8 @@ def run_bench(
                 "topic_prefix": prefix,
                 "mqtt": settings.mqtt.model_copy(update={"host": "127.0.0.1", "port": port, "tls": False}),
                 "database": settings.database.model_copy(update={"schema_name": schema}),
+                # The workers split one shared subscription, the scheme these figures were measured with.
+                "ingest": settings.ingest.model_copy(update={"subscription": "shared"}),
             }
         )
         asyncio.run(migrate(run_settings.database))

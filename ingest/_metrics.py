@@ -76,3 +76,20 @@ class IngestMetrics:
             "Batch writes retried after a database error.",
             registry=registry,
         )
+        self.broker_reconnects = Counter(
+            "wearline_ingest_broker_reconnects_total",
+            "Connections to the broker lost or refused, each followed by a reconnection after a backoff.",
+            registry=registry,
+        )
+        self.subscription = Gauge(
+            "wearline_ingest_subscription_info",
+            "1 for the subscription scheme in force (shared or partitioned) and the broker kind it was chosen for.",
+            ["scheme", "broker"],
+            registry=registry,
+        )
+        self.members = Gauge(
+            "wearline_ingest_members",
+            "Ingest identities by state as this worker last read them (missing or stopped: a share nobody writes).",
+            ["state"],
+            registry=registry,
+        )

@@ -7,7 +7,9 @@ broker's ``max_inflight_messages`` over 3.1.1) bounds how many unacknowledged me
 acknowledge after commit that window is the back-pressure: the broker keeps the rest.
 
 Reconnecting means leaving the context and entering a new one; with a persistent session the broker redelivers
-every message we had not acknowledged.
+every message we had not acknowledged. A resumed session delivers up to a whole in-flight window *before* the
+SUBACK, so the subscription is confirmed in the background while those messages are processed: waiting for the
+SUBACK first would deadlock once the window fills the buffer and reading pauses (issue 11).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from wearline.errors import WearlineError
 from wearline.settings import MqttSettings
 
-__all__ = ["BrokerError", "Message", "Subscriber"]
+__all__ = ["BrokerError", "Message", "Subscriber", "probe_broker_version"]
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +178,16 @@ class Subscriber:
         bad = [r for r in reasons if r.is_failure or r.value != 1]
         if bad:
             self._subscribed.set_exception(BrokerError(f"subscription to {self._filter} refused or downgraded: {bad}"))
-        else:
-            self._subscribed.set_result(None)
+            self._arrived.set()
+            return
+        self._subscribed.set_result(None)
+        log.info(
+            "subscribed to %s as %s (MQTT %s, session %s)",
+            self._filter,
+            self._client_id,
+            self._settings.protocol,
+            "resumed" if self.session_present else "new",
+        )
 
     def _on_disconnect(
         self,
@@ -264,6 +274,11 @@ class Subscriber:
             )
 
     async def __aenter__(self) -> Subscriber:
+        """Connect, check the CONNACK and send the SUBSCRIBE; the SUBACK is awaited by :meth:`next_batch`.
+
+        Every failure, whatever its type (refusal, DNS, TLS, a timeout), is a :class:`BrokerError`: a connection
+        problem must lead to a reconnection, never end the process.
+        """
         s = self._settings
         props = None
         if self.is_v5:
@@ -282,26 +297,71 @@ class Subscriber:
                     properties=props,
                 ),
             )
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot connect to the broker at {s.host}:{s.port}: {exc}") from exc
+        except Exception as exc:  # socket, DNS, TLS and paho's own errors alike
+            raise BrokerError(f"cannot connect to the broker at {s.host}:{s.port}: {exc!r}") from exc
         self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
         try:
-            async with asyncio.timeout(s.connect_timeout_s):
-                self.session_present = await self._connected
-                self._check_broker()
-                self._client.subscribe(self._filter, qos=1)
-                await self._subscribed
-        except BaseException:
+            try:
+                async with asyncio.timeout(s.connect_timeout_s):
+                    self.session_present = await self._connected
+            except TimeoutError as exc:
+                raise BrokerError(f"no CONNACK from {s.host}:{s.port} within {s.connect_timeout_s} s") from exc
+            self._check_broker()
+            result, _ = self._client.subscribe(self._filter, qos=1)
+            if result != paho.MQTT_ERR_SUCCESS:
+                raise BrokerError(f"cannot send SUBSCRIBE: {paho.error_string(result)}")
+        except BaseException as exc:
             await self._close()
+            if isinstance(exc, Exception) and not isinstance(exc, BrokerError):
+                raise BrokerError(f"connection set-up failed: {exc!r}") from exc
             raise
-        log.info(
-            "subscribed to %s as %s (MQTT %s, session %s)",
-            self._filter,
-            self._client_id,
-            s.protocol,
-            "resumed" if self.session_present else "new",
-        )
         return self
+
+    @property
+    def subscribed(self) -> bool:
+        """True once the broker has granted the subscription (the SUBACK has been read)."""
+        return self._subscribed.done() and self._subscribed.exception() is None
+
+    def unsubscribe(self) -> None:
+        """Ask the broker to stop routing new messages to us; what it already queued for us still arrives."""
+        self._client.unsubscribe(self._filter)
+
+    async def end_session(self) -> None:
+        """Ask the broker to discard our session, so that it stops keeping (or routing) messages for it.
+
+        Call after everything received has been committed and acknowledged. MQTT 5 says so in the DISCONNECT
+        (Session Expiry Interval 0); MQTT 3.1.1 can only do it by connecting again with a clean session.
+        """
+        if self.is_v5 and self._client.is_connected():
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self._client.loop_write()
+            self._client.disconnect(properties=props)
+            self._client.loop_write()
+            await self._close()
+            return
+        await self._close()
+        s = self._settings
+
+        def clean_connect() -> None:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self._client_id,
+                protocol=MQTTProtocolVersion.MQTTv311,
+                clean_session=True,
+            )
+            if s.username is not None:
+                client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+            if s.tls:
+                client.tls_set_context(ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None))
+            client.connect(s.host, s.port, keepalive=s.keepalive_s)
+            client.loop(s.connect_timeout_s)  # read the CONNACK: the session is gone from here
+            client.disconnect()
+
+        try:
+            await self._loop.run_in_executor(None, clean_connect)
+        except Exception as exc:
+            raise BrokerError(f"could not end the session of {self._client_id}: {exc!r}") from exc
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -336,6 +396,8 @@ class Subscriber:
         while True:
             if self._lost.done():
                 raise BrokerError(f"connection to the broker lost: {self._lost.result()}")
+            if self._subscribed.done() and self._subscribed.exception() is not None:
+                raise BrokerError(str(self._subscribed.exception()))
             if len(self._buffer) >= max_messages:
                 break
             now = self._loop.time()
@@ -361,3 +423,53 @@ class Subscriber:
         for m in messages:
             if m.qos > 0:
                 self._client.ack(m.mid, m.qos)
+
+
+def _probe(settings: MqttSettings, client_id: str, wait_s: float) -> str | None:
+    got: list[str] = []
+    done = threading.Event()
+
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        if reason.is_failure:
+            done.set()
+            return
+        # Mosquitto answers the first, EMQX the second (one topic per node); both are retained.
+        client.subscribe([("$SYS/broker/version", 0), ("$SYS/brokers/+/version", 0)])
+
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        got.append(msg.payload.decode("utf-8", "replace"))
+        done.set()
+
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if settings.protocol == "5" else MQTTProtocolVersion.MQTTv311,
+    )
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password.get_secret_value() if settings.password else None)
+    if settings.tls:
+        client.tls_set_context(ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None))
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+    client.loop_start()
+    try:
+        done.wait(wait_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0] if got else None
+
+
+async def probe_broker_version(settings: MqttSettings, *, client_id: str, wait_s: float = 2.0) -> str | None:
+    """The broker's self-description from ``$SYS`` (``"mosquitto version 2.0.11"``, EMQX's version), or None.
+
+    Used once at start-up to choose a subscription scheme the broker can keep across its own restarts. A broker
+    that publishes no ``$SYS`` (HiveMQ, or Mosquitto with ``sys_interval 0``) answers None. Raises
+    :class:`BrokerError` when the broker cannot be reached.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, _probe, settings, client_id, wait_s)
+    except Exception as exc:
+        raise BrokerError(f"cannot connect to the broker at {settings.host}:{settings.port}: {exc!r}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from ingest._membership import Heartbeat, record_stop
 from ingest._metrics import IngestMetrics
-from ingest._mqtt import BrokerError, Message, Subscriber
+from ingest._mqtt import BrokerError, Message, Subscriber, probe_broker_version
+from ingest._scheme import Subscription, broker_kind, choose_subscription
 from ingest._writer import BatchWriter, DeadLetter, prepare_connection
 from wearline.db import open_pool, storage_mode
 from wearline.settings import Settings
-from wearline.topics import telemetry_filter
 from wearline.wire import Reason
 
 __all__ = ["IngestSummary", "run_ingest"]
@@ -103,6 +105,33 @@ async def _commit_singly(
     return all_rows, all_dead, all_stamps
 
 
+async def _choose(settings: Settings, client_id: str, metrics: IngestMetrics, stop: asyncio.Event) -> Subscription:
+    """Ask the broker what it is (retrying while it is unreachable) and pick the scheme that keeps the promise."""
+    backoff = 0.5
+    while True:
+        try:
+            version = await probe_broker_version(settings.mqtt, client_id=f"{client_id}-probe")
+            break
+        except BrokerError as exc:
+            if stop.is_set():
+                raise
+            metrics.broker_reconnects.inc()
+            log.warning("broker: %s; retrying in %.1f s", exc, backoff)
+            await _sleep_unless(stop, backoff)
+            backoff = min(backoff * 2, 10.0)
+    sub = choose_subscription(settings, client_id=client_id, broker_version=version)
+    metrics.subscription.labels(sub.scheme, broker_kind(version)).set(1)
+    log.info(
+        "subscription scheme: %s (%s); broker: %s; identity %s, share %s",
+        sub.scheme,
+        sub.reason,
+        sub.broker,
+        sub.client_id,
+        sub.share,
+    )
+    return sub
+
+
 async def run_ingest(
     settings: Settings,
     stop: asyncio.Event,
@@ -123,6 +152,7 @@ async def run_ingest(
     summary = IngestSummary()
     started = time.monotonic()
     pool = await open_pool(settings.database, name="ingest", configure=prepare_connection)
+    stack = contextlib.AsyncExitStack()
     try:
         async with pool.connection() as conn:
             mode = await storage_mode(conn, settings.database.schema_name)
@@ -132,15 +162,17 @@ async def run_ingest(
             )
         writer = BatchWriter(pool, settings, mode, metrics)
         metrics.db_up.set(1)
-        topic_filter = telemetry_filter(settings.topic_prefix, ing.shared_group)
+        scheme = await _choose(settings, client_id or settings.mqtt.client_id, metrics, stop)
+        beat = await stack.enter_async_context(Heartbeat(pool, scheme, ing.heartbeat_s, metrics))
         backoff = 0.5
         connected_before = False
+        leaving = session_ended = False
         while not stop.is_set():
             try:
                 async with Subscriber(
                     settings=settings.mqtt,
-                    topic_filter=topic_filter,
-                    client_id=client_id or settings.mqtt.client_id,
+                    topic_filter=scheme.topic_filter,
+                    client_id=scheme.client_id,
                     receive_maximum=ing.receive_maximum,
                     max_buffered=ing.receive_maximum,
                     max_payload_bytes=ing.max_payload_bytes,
@@ -153,8 +185,6 @@ async def run_ingest(
                         metrics.sessions_lost.inc()
                     connected_before = True
                     metrics.broker_up.set(1)
-                    if subscribed is not None:
-                        subscribed.set()
                     held = [0]
                     # Everything received and not yet acknowledged: the buffer plus the batch being committed.
 
@@ -163,40 +193,65 @@ async def run_ingest(
 
                     metrics.queue_depth.set_function(depth)
                     backoff = 0.5
-                    while not stop.is_set():
+                    while True:
+                        if stop.is_set() and not leaving:
+                            # A shared group's member hands its share back when others remain: no new messages,
+                            # drain what the broker already holds for us, then end the session (below).
+                            if scheme.scheme != "shared" or not await beat.others_alive():
+                                break
+                            sub.unsubscribe()
+                            leaving = True
                         batch = await sub.next_batch(ing.batch_max_messages, ing.batch_max_delay_ms / 1000, idle_s=0.5)
+                        if subscribed is not None and sub.subscribed:
+                            subscribed.set()
                         if not batch:
+                            if leaving and sub.subscribed:
+                                await sub.end_session()
+                                session_ended = True
+                                log.info("left the shared group: drained, session %s ended", scheme.client_id)
+                                break
                             continue
                         held[0] = len(batch)
                         metrics.received.inc(len(batch))
                         t0 = time.perf_counter()
-                        readings, dead, stamps = await _commit_with_retry(writer, batch, metrics, stop)
+                        # Partitioned: another worker's share is in that worker's own session; ours to skip.
+                        mine = [m for m in batch if scheme.owns(m.topic)]
+                        metrics.messages.labels("not_ours").inc(len(batch) - len(mine))
+                        readings, dead, stamps = 0, list[DeadLetter](), list[int]()
+                        if mine:
+                            readings, dead, stamps = await _commit_with_retry(writer, mine, metrics, stop)
                         sub.ack(batch)
                         held[0] = 0
                         if on_commit is not None:
                             on_commit(readings, stamps)
                         _observe(
                             metrics,
-                            batch=batch,
+                            batch=mine,
                             readings=readings,
                             dead=dead,
                             stamps=stamps,
                             seconds=time.perf_counter() - t0,
                         )
-                        summary.messages += len(batch)
+                        summary.messages += len(mine)
                         summary.readings += readings
                         summary.dead_letters += len(dead)
                         summary.batches += 1
             except BrokerError as exc:
                 metrics.broker_up.set(0)
-                log.warning("broker: %s; reconnecting in %.1f s", exc, backoff)
-                await _sleep_unless(stop, backoff)
+                metrics.broker_reconnects.inc()
+                # Bounded and jittered, so that a fleet of workers does not reconnect in lockstep after a restart.
+                delay = backoff * random.uniform(0.5, 1.0)
+                log.warning("broker: %s; reconnecting in %.1f s", exc, delay)
+                await _sleep_unless(stop, delay)
                 backoff = min(backoff * 2, 10.0)
             except _Stopped:
                 log.warning("stopping with a batch uncommitted (database unavailable); the broker will redeliver it")
                 break
+        with contextlib.suppress(psycopg.Error):
+            await record_stop(pool, scheme.client_id, session_ended=session_ended)
     finally:
         metrics.broker_up.set(0)
+        await stack.aclose()
         await pool.close()
         log.info(
             "ingest stopped after %.1f s: %d messages, %d readings, %d dead letters in %d batches",

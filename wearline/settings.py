@@ -123,7 +123,16 @@ class IngestSettings(_Section):
     """The MQTT-to-database ingest stage."""
 
     shared_group: str | None = Field(default="wearline-ingest", pattern=r"^[A-Za-z0-9_-]+$")
-    """MQTT 5 shared-subscription group; several ingest processes in one group split the load. None: plain."""
+    """Shared-subscription group, used when the subscription scheme is ``shared``; ``none`` or empty turns it off."""
+    subscription: Literal["auto", "shared", "partitioned"] = "auto"
+    """``auto``: ``shared`` on brokers that keep shared subscriptions across a restart (EMQX), ``partitioned``
+    (plain persistent subscriptions, worker i of N writes its hash share) elsewhere, Mosquitto included."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Partitioned scheme: how many worker identities split the machines (fixed for a deployment)."""
+    worker: Annotated[int, Field(ge=0, le=63)] = 0
+    """Partitioned scheme: this process's identity, 0 to workers - 1; a replacement takes the same number."""
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    """How often a worker records that it is alive (ingest_members); missing after three intervals."""
     batch_max_messages: Annotated[int, Field(ge=1, le=65535)] = 1000
     batch_max_delay_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 4000
@@ -134,8 +143,22 @@ class IngestSettings(_Section):
     max_past_days: Annotated[float, Field(gt=0)] = 365.0
     metrics_port: Port = 9101
 
+    @field_validator("shared_group", mode="before")
+    @classmethod
+    def _group_can_be_off(cls, v: object) -> object:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none") else v
+
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> IngestSettings:
+        if self.worker >= self.workers:
+            raise ValueError(f"ingest.worker ({self.worker}) must be below ingest.workers ({self.workers})")
+        if self.subscription == "shared" and self.shared_group is None:
+            raise ValueError("ingest.subscription is shared but ingest.shared_group is none: name a group")
+        if self.subscription == "shared" and self.workers > 1:
+            raise ValueError(
+                "ingest.workers splits machines in the partitioned scheme; with ingest.subscription=shared the "
+                "broker splits them: leave ingest.workers at 1"
+            )
         if self.receive_maximum < self.batch_max_messages:
             raise ValueError(
                 "ingest.receive_maximum must be at least ingest.batch_max_messages: with acknowledgement after "

@@ -48,7 +48,11 @@ async def test_two_workers_share_the_load_and_commit_each_reading_once(
 ) -> None:
     host, port = shipped_broker
     settings = make_settings(
-        schema, unique("wlt/"), "native", mqtt={"host": host, "port": port}, ingest={"shared_group": unique("g")}
+        schema,
+        unique("wlt/"),
+        "native",
+        mqtt={"host": host, "port": port},
+        ingest={"shared_group": unique("g"), "subscription": "shared"},
     )
     await migrate(settings.database)
     fleet = Fleet(settings.topic_prefix, machines=20, samples=60, start_ms=int(time.time() * 1000) - 120_000)
