@@ -1,0 +1,293 @@
+"""Helpers for the fault suite: a Mosquitto with the shipped configuration that can be restarted or killed on its
+own port and persistence directory, a publisher that counts what the broker acknowledged and re-sends what it did
+not across broker restarts, ingest worker processes with extra settings, and the published/committed/duplicates
+tally every fault test prints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from tests.conftest import unique
+from tests.ingest._support import Fleet, Key, ingest_env, stored_rows
+from wearline.settings import Settings
+
+SHIPPED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "wearline.conf"
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """``mosquitto -c <shipped config>`` on a fixed free port and a persistence directory kept across restarts."""
+
+    def __init__(self, work: Path) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        os.chmod(work, 0o777)
+        self.port = free_port()
+        self.work = work
+        lines = []
+        for line in SHIPPED_CONF.read_text().splitlines():
+            if line.startswith("listener "):
+                lines.append(f"listener {self.port} 127.0.0.1")
+            elif line.startswith("persistence_location "):
+                lines.append(f"persistence_location {work}/")
+            else:
+                lines.append(line)
+        self.conf = work / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.log = work / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=out, stderr=out)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise AssertionError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
+                time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(30)
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def broker(work: Path) -> Iterator[Broker]:
+    b = Broker(work)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@dataclass
+class Publisher:
+    """QoS 1 publisher over MQTT 5 that survives broker restarts: a message counts as published once the broker
+    acknowledged it; what was not acknowledged when the connection dropped is sent again on a new connection
+    (a gateway's store-and-forward). ``acked`` holds the keys of every acknowledged message."""
+
+    port: int
+    messages: Sequence[tuple[str, bytes, list[Key]]]
+    rate: float
+    acked: set[Key] = field(default_factory=set)
+    acked_messages: int = 0
+    resent: int = 0
+    reconnects: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: list[BaseException] = field(default_factory=list)
+
+    def _connect(self) -> paho.Client:
+        while True:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=unique("wlt-fpub-"), protocol=MQTTProtocolVersion.MQTTv5
+            )
+            client.max_inflight_messages_set(200)
+            try:
+                client.connect("127.0.0.1", self.port)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            client.loop_start()
+            return client
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 (handed to the test, which asserts there was none)
+            self.error.append(exc)
+        finally:
+            self.done.set()
+
+    def _run(self) -> None:
+        client = self._connect()
+        started = time.monotonic()
+        i = 0
+        chunk = 100
+        while i < len(self.messages):
+            part = self.messages[i : i + chunk]
+            infos = [client.publish(t, p, qos=1) for t, p, _ in part]
+            deadline = time.monotonic() + 5
+            for info in infos:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            pending = [(m, info) for m, info in zip(part, infos, strict=True) if not info.is_published()]
+            for (_, _, keys), info in zip(part, infos, strict=True):
+                if info.is_published():
+                    self.acked.update(keys)
+                    self.acked_messages += 1
+            while pending:
+                # The connection dropped (a broker restart): acknowledged messages are the broker's; send the rest
+                # again on a new connection until the broker acknowledges them.
+                client.loop_stop()
+                with contextlib.suppress(Exception):
+                    client.disconnect()
+                self.reconnects += 1
+                client = self._connect()
+                self.resent += len(pending)
+                infos = [client.publish(t, p, qos=1) for (t, p, _), _ in pending]
+                deadline = time.monotonic() + 5
+                still = []
+                for (m, _), info in zip(pending, infos, strict=True):
+                    with contextlib.suppress(RuntimeError, ValueError):
+                        info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+                    if info.is_published():
+                        self.acked.update(m[2])
+                        self.acked_messages += 1
+                    else:
+                        still.append((m, info))
+                pending = still
+            i += len(part)
+            ahead = i / self.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        client.loop_stop()
+        client.disconnect()
+
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self.run, daemon=True)
+        t.start()
+        return t
+
+
+def worker_env(settings: Settings, **ingest: object) -> dict[str, str]:
+    """``ingest_env`` plus the ``WEARLINE_INGEST__*`` settings the fault tests vary."""
+    env = ingest_env(settings)
+    env["WEARLINE_MQTT__KEEPALIVE_S"] = str(settings.mqtt.keepalive_s)
+    for key, value in ingest.items():
+        env[f"WEARLINE_INGEST__{key.upper()}"] = str(value)
+    return env
+
+
+@contextlib.contextmanager
+def worker(
+    env: dict[str, str], log: Path, *, wait_for: bytes = b"subscription scheme"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m wearline ingest`` with ``env``, returned once ``wait_for`` appears in its log once more."""
+    before = log.read_bytes().count(wait_for) if log.exists() else 0
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "wearline", "ingest"], env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_bytes().count(wait_for) == before:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"ingest did not log {wait_for!r}: {log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_until(check: object, timeout_s: float, what: str) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def settled_rows(schema: str, want: int, timeout_s: float, quiet_s: float = 3.0) -> int:
+    """Wait until ``want`` rows are stored, or until the count has not moved for ``quiet_s``; return the count."""
+    from tests.ingest._support import count_rows  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = count_rows(schema)
+        if n >= want:
+            return n
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > quiet_s:
+            return n
+        time.sleep(0.2)
+    return count_rows(schema)
+
+
+def ingested_messages(log: Path) -> int:
+    """Messages written by every ingest run that stopped cleanly (from their summary lines)."""
+    total = 0
+    for line in log.read_text().splitlines():
+        if "ingest stopped after" in line:
+            total += int(line.split(" s: ", 1)[1].split(" messages", 1)[0])
+    return total
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What a fault test prints, in samples (rows of one machine at one instant, 10 readings each): published
+    (acknowledged by the broker), committed, lost, stored with a wrong value, duplicate rows."""
+
+    published: int
+    committed: int
+    lost: int
+    wrong: int
+    duplicates: int
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name}: published {self.published} samples, committed {self.committed}, lost {self.lost}, "
+            f"wrong values {self.wrong}, duplicate rows {self.duplicates}"
+        )
+
+
+def tally(schema: str, fleet: Fleet, published: set[Key]) -> Tally:
+    """Compare the table with what the broker acknowledged (published) and what the fleet would hold."""
+    from tests.ingest._support import connect_db  # noqa: PLC0415
+
+    stored = stored_rows(schema)
+    expected = fleet.expected()
+    with connect_db(schema) as conn:
+        row = conn.execute("SELECT count(*) - count(DISTINCT (machine_id, time)) FROM readings").fetchone()
+        duplicates = int(str(row[0])) if row else 0
+    committed = sum(k in stored for k in published)
+    wrong = sum(stored[k] != expected.get(k) for k in stored)
+    return Tally(len(published), committed, len(published) - committed, wrong, duplicates)
+
+
+def keyed(fleet: Fleet) -> list[tuple[str, bytes, list[Key]]]:
+    """The fleet's messages, each with the (machine, timestamp) keys it carries, in publishing order."""
+    keys = [
+        [
+            (fleet.machine(i).machine, fleet.start_ms + k * fleet.step_ms)
+            for k in range(k0, min(k0 + fleet.per_message, fleet.samples))
+        ]
+        for k0 in range(0, fleet.samples, fleet.per_message)
+        for i in range(fleet.machines)
+    ]
+    return [(t, p, k) for (t, p), k in zip(fleet.messages(), keys, strict=True)]
