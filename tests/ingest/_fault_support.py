@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -37,8 +39,10 @@ def free_port() -> int:
 class Broker:
     """``mosquitto -c <shipped config>`` on a fixed free port and a persistence directory kept across restarts."""
 
-    def __init__(self, work: Path) -> None:
-        work.mkdir(parents=True, exist_ok=True)
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: mosquitto started as root drops to its own user, which cannot enter pytest's
+        # 0700 directories, and then silently fails every save ("Permission denied" in its log only).
+        work = Path(tempfile.mkdtemp(prefix="wlt-fault-mosquitto-"))
         os.chmod(work, 0o777)
         self.port = free_port()
         self.work = work
@@ -77,11 +81,16 @@ class Broker:
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop(signal.SIGKILL)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def saved_ok(self) -> bool:
+        """No failed save in the broker's log (a broker that cannot save keeps nothing across a restart)."""
+        return "Error saving" not in self.log.read_text(errors="replace")
 
 
 @contextlib.contextmanager
-def broker(work: Path) -> Iterator[Broker]:
-    b = Broker(work)
+def broker() -> Iterator[Broker]:
+    b = Broker()
     b.start()
     try:
         yield b

@@ -26,7 +26,7 @@ BACKLOG = 50_000
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_kill_9_with_a_50000_message_backlog_drains_it_exactly_once(schema: str, tmp_path: Path, protocol: str) -> None:
-    with broker(tmp_path / "mosquitto") as mosquitto:
+    with broker() as mosquitto:
         settings = make_settings(
             schema,
             unique("wlt/"),
