@@ -98,6 +98,15 @@ def broker() -> Iterator[Broker]:
         b.close()
 
 
+def _wait_acked(client: paho.Client, infos: list[paho.MQTTMessageInfo], timeout_s: float = 5.0) -> None:
+    """Until every publish is acknowledged, the connection drops (a gateway notices at once and reconnects), or
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    for info in infos:
+        while not info.is_published() and client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+
 @dataclass
 class Publisher:
     """QoS 1 publisher over MQTT 5 that survives broker restarts: a message counts as published once the broker
@@ -144,10 +153,7 @@ class Publisher:
         while i < len(self.messages):
             part = self.messages[i : i + chunk]
             infos = [client.publish(t, p, qos=1) for t, p, _ in part]
-            deadline = time.monotonic() + 5
-            for info in infos:
-                with contextlib.suppress(RuntimeError, ValueError):
-                    info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            _wait_acked(client, infos)
             pending = [(m, info) for m, info in zip(part, infos, strict=True) if not info.is_published()]
             for (_, _, keys), info in zip(part, infos, strict=True):
                 if info.is_published():
@@ -163,11 +169,9 @@ class Publisher:
                 client = self._connect()
                 self.resent += len(pending)
                 infos = [client.publish(t, p, qos=1) for (t, p, _), _ in pending]
-                deadline = time.monotonic() + 5
+                _wait_acked(client, infos)
                 still = []
                 for (m, _), info in zip(pending, infos, strict=True):
-                    with contextlib.suppress(RuntimeError, ValueError):
-                        info.wait_for_publish(max(0.01, deadline - time.monotonic()))
                     if info.is_published():
                         self.acked.update(m[2])
                         self.acked_messages += 1
