@@ -98,12 +98,20 @@ def broker() -> Iterator[Broker]:
         b.close()
 
 
+def _acked(info: paho.MQTTMessageInfo) -> bool:
+    # paho raises instead of answering False for a publish made while the connection was down.
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
 def _wait_acked(client: paho.Client, infos: list[paho.MQTTMessageInfo], timeout_s: float = 5.0) -> None:
     """Until every publish is acknowledged, the connection drops (a gateway notices at once and reconnects), or
     ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     for info in infos:
-        while not info.is_published() and client.is_connected() and time.monotonic() < deadline:
+        while not _acked(info) and client.is_connected() and time.monotonic() < deadline:
             time.sleep(0.002)
 
 
@@ -154,9 +162,9 @@ class Publisher:
             part = self.messages[i : i + chunk]
             infos = [client.publish(t, p, qos=1) for t, p, _ in part]
             _wait_acked(client, infos)
-            pending = [(m, info) for m, info in zip(part, infos, strict=True) if not info.is_published()]
+            pending = [(m, info) for m, info in zip(part, infos, strict=True) if not _acked(info)]
             for (_, _, keys), info in zip(part, infos, strict=True):
-                if info.is_published():
+                if _acked(info):
                     self.acked.update(keys)
                     self.acked_messages += 1
             while pending:
@@ -172,7 +180,7 @@ class Publisher:
                 _wait_acked(client, infos)
                 still = []
                 for (m, _), info in zip(pending, infos, strict=True):
-                    if info.is_published():
+                    if _acked(info):
                         self.acked.update(m[2])
                         self.acked_messages += 1
                     else:
