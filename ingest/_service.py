@@ -195,9 +195,10 @@ async def run_ingest(
                     backoff = 0.5
                     while True:
                         if stop.is_set() and not leaving:
-                            # A shared group's member hands its share back when others remain: no new messages,
-                            # drain what the broker already holds for us, then end the session (below).
-                            if scheme.scheme != "shared" or not await beat.others_alive():
+                            # A shared group's member hands its share back when others remain (and any worker told
+                            # to retire): no new messages, drain what the broker holds for us, end the session below.
+                            retire = ing.retire_on_stop or (scheme.scheme == "shared" and await beat.others_alive())
+                            if not retire:
                                 break
                             sub.unsubscribe()
                             leaving = True
@@ -208,7 +209,7 @@ async def run_ingest(
                             if leaving and sub.subscribed:
                                 await sub.end_session()
                                 session_ended = True
-                                log.info("left the shared group: drained, session %s ended", scheme.client_id)
+                                log.info("retired: drained, session %s ended", scheme.client_id)
                                 break
                             continue
                         held[0] = len(batch)

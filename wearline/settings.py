@@ -133,6 +133,8 @@ class IngestSettings(_Section):
     """Partitioned scheme: this process's identity, 0 to workers - 1; a replacement takes the same number."""
     heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     """How often a worker records that it is alive (ingest_members); missing after three intervals."""
+    retire_on_stop: bool = False
+    """On a clean stop, drain and end the MQTT session (scaling down) instead of keeping it for a replacement."""
     batch_max_messages: Annotated[int, Field(ge=1, le=65535)] = 1000
     batch_max_delay_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 4000

@@ -133,7 +133,7 @@ def test_a_shared_member_that_stops_cleanly_hands_its_share_back(schema: str, tm
                 wait_until(lambda: _members(settings).get(a) == "alive", 10, "a heartbeat from a")
                 wb.send_signal(signal.SIGTERM)
                 assert wb.wait(30) == 0
-            assert "left the shared group" in log_b.read_text()
+            assert "retired: drained, session" in log_b.read_text()
             assert _members(settings)[b] == "retired"
             pub = Publisher(mosquitto.port, keyed(fleet), rate=4000)
             pub.start().join(60)
@@ -151,3 +151,29 @@ def test_a_shared_member_that_stops_cleanly_hands_its_share_back(schema: str, tm
         )
         # The last member keeps its session on a clean stop: nobody is left to hand its share to.
         assert _members(settings)[a] == "stopped"
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(60)
+def test_a_partitioned_worker_told_to_retire_ends_its_session_on_a_clean_stop(schema: str, tmp_path: Path) -> None:
+    with broker() as mosquitto:
+        client_id = unique("wlt-ingest-")
+        settings = make_settings(
+            schema, unique("wlt/"), "native", mqtt={"host": "127.0.0.1", "port": mosquitto.port, "client_id": client_id}
+        )
+        asyncio.run(migrate(settings.database))
+        fleet = Fleet(settings.topic_prefix, machines=10, samples=50, start_ms=int(time.time() * 1000) - 3_600_000)
+        log = tmp_path / "ingest.log"
+        common = {"workers": 2, "worker": 1, "heartbeat_s": HEARTBEAT_S}
+        with worker(worker_env(settings, retire_on_stop="true", **common), log, wait_for=b"subscribed to") as w:
+            w.send_signal(signal.SIGTERM)
+            assert w.wait(30) == 0
+        assert "retired: drained, session" in log.read_text()
+        assert _members(settings) == {f"{client_id}-1of2": "retired"}
+        # Published now, with the session gone: the broker keeps nothing for that identity any more.
+        pub = Publisher(mosquitto.port, keyed(fleet), rate=4000)
+        pub.start().join(60)
+        assert not pub.error, pub.error
+        with worker(worker_env(settings, **common), log, wait_for=b"subscribed to"):
+            assert "(MQTT 5, session new)" in log.read_text().rsplit("subscription scheme", 1)[1]
+            assert settled_rows(schema, 1, timeout_s=5, quiet_s=2) == 0
