@@ -2,7 +2,9 @@
 
 *shared*: every worker subscribes to ``$share/<group>/...`` and the broker splits messages between them. Only safe
 where the broker keeps shared subscriptions across its own restart: Mosquitto 2.0 persists sessions and plain
-subscriptions but not shared ones, so everything published between its restart and our re-subscription is lost.
+subscriptions but not shared ones, so everything published between its restart and our re-subscription is lost;
+EMQX's durable sessions do not cover shared subscriptions either. ``auto`` therefore never picks it: it is for a
+broker known to keep them (HiveMQ's file persistence), chosen with ``ingest.subscription = shared``.
 
 *partitioned*: every worker holds a plain persistent subscription to all telemetry under a stable identity (worker
 i of N, its own MQTT session), writes the machines whose topic hashes to i, and acknowledges the others unwritten:
@@ -74,7 +76,9 @@ def choose_subscription(settings: Settings, *, client_id: str, broker_version: s
         if ing.shared_group is None:
             wanted, reason = "partitioned", "ingest.shared_group is none"
         elif kind == "emqx":
-            wanted, reason = "shared", "EMQX keeps shared subscriptions with the session"
+            # EMQX keeps sessions across a node restart only as durable sessions (5.7+), which do not cover
+            # shared subscriptions; a plain subscription in a durable session does survive.
+            wanted, reason = "partitioned", "EMQX's durable sessions do not keep shared subscriptions"
         elif kind == "mosquitto":
             wanted, reason = "partitioned", "Mosquitto does not keep shared subscriptions across its restart"
         else:

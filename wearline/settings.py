@@ -125,8 +125,8 @@ class IngestSettings(_Section):
     shared_group: str | None = Field(default="wearline-ingest", pattern=r"^[A-Za-z0-9_-]+$")
     """Shared-subscription group, used when the subscription scheme is ``shared``; ``none`` or empty turns it off."""
     subscription: Literal["auto", "shared", "partitioned"] = "auto"
-    """``auto``: ``shared`` on brokers that keep shared subscriptions across a restart (EMQX), ``partitioned``
-    (plain persistent subscriptions, worker i of N writes its hash share) elsewhere, Mosquitto included."""
+    """``auto`` is ``partitioned``: plain persistent subscriptions, worker i of N writing its hash share, which every
+    broker keeps across its restart; ``shared`` only for a broker that keeps shared subscriptions too (HiveMQ)."""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Partitioned scheme: how many worker identities split the machines (fixed for a deployment)."""
     worker: Annotated[int, Field(ge=0, le=63)] = 0

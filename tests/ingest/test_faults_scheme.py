@@ -27,7 +27,7 @@ def test_shared_group_can_be_turned_off(off: str) -> None:
     ("version", "scheme", "why"),
     [
         (MOSQUITTO, "partitioned", "Mosquitto does not keep shared subscriptions"),
-        ("5.3.0", "shared", "EMQX keeps shared subscriptions"),
+        ("5.8.0", "partitioned", "EMQX's durable sessions do not keep shared subscriptions"),
         (None, "partitioned", "unknown broker"),
     ],
 )
