@@ -1,18 +1,41 @@
 """Ingest: MQTT telemetry in, committed readings out; acknowledged to the broker only after commit."""
 
 from ingest._bench import BenchResult, run_bench
+from ingest._dead_letters import (
+    DeadLetterError,
+    DeadLetterFilter,
+    ReasonSummary,
+    StoredDeadLetter,
+    count_dead_letters,
+    dead_letter_summary,
+    get_dead_letter,
+    list_dead_letters,
+    parse_time,
+)
 from ingest._membership import IngestMember, ingest_members
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError
+from ingest._replay import ReplayCounts, replay_dead_letters
 from ingest._service import IngestSummary, run_ingest
 
 __all__ = [
     "BenchResult",
     "BrokerError",
+    "DeadLetterError",
+    "DeadLetterFilter",
     "IngestMember",
     "IngestMetrics",
     "IngestSummary",
+    "ReasonSummary",
+    "ReplayCounts",
+    "StoredDeadLetter",
+    "count_dead_letters",
+    "dead_letter_summary",
+    "get_dead_letter",
     "ingest_members",
+    "list_dead_letters",
+    "parse_time",
+    "replay_dead_letters",
     "run_bench",
     "run_ingest",
 ]

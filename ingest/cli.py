@@ -1,4 +1,4 @@
-"""Ingest's commands: `wearline ingest` (the stage) and `wearline bench ingest`."""
+"""Ingest's commands: `wearline ingest` (the stage), `wearline dead-letters list|replay` and `wearline bench ingest`."""
 
 from __future__ import annotations
 
@@ -6,17 +6,24 @@ import asyncio
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wearline.command import run_stage, settings_of
+from wearline.command import run_async, run_stage, settings_of
 from wearline.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest import DeadLetterFilter, StoredDeadLetter
 
 __all__ = ["app", "bench"]
 
 app = typer.Typer()
 bench = typer.Typer()
+dead_letters_app = typer.Typer(
+    help="Messages ingest refused, kept with their reason: list and replay.", no_args_is_help=True
+)
+app.add_typer(dead_letters_app, name="dead-letters")
 
 
 @app.command()
@@ -97,3 +104,174 @@ def bench_ingest(
             )
         )
     typer.echo(json.dumps({"bench": "ingest", "results": [asdict(r) for r in results]}))
+
+
+ReasonOpt = Annotated[
+    list[str] | None,
+    typer.Option("--reason", help="Only this reason (repeat for several): unknown_machine, ts_future..."),
+]
+GatewayOpt = Annotated[
+    str | None, typer.Option(help="Only this gateway's topics: TENANT[/SITE[/LINE[/MACHINE]]] under the topic prefix.")
+]
+TopicOpt = Annotated[str | None, typer.Option(help="Only topics matching this MQTT filter (+ and #), prefix included.")]
+SinceOpt = Annotated[str | None, typer.Option(help="Received at or after: 30m, 1h, 2d, 1w ago, or an ISO time (UTC).")]
+UntilOpt = Annotated[str | None, typer.Option(help="Received before: a duration ago or an ISO time (UTC).")]
+
+
+def _filter(
+    reason: list[str] | None, gateway: str | None, topic: str | None, since: str | None, until: str | None
+) -> DeadLetterFilter:
+    from ingest import DeadLetterFilter, parse_time
+
+    return DeadLetterFilter(
+        reasons=tuple(reason or ()),
+        gateway=gateway,
+        topic=topic,
+        since=parse_time(since, "--since") if since else None,
+        until=parse_time(until, "--until") if until else None,
+    )
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _line(d: StoredDeadLetter) -> str:
+    notes = []
+    if d.truncated:
+        notes.append(f"kept {d.stored_bytes} B")
+    if d.replayed_at is not None:
+        notes.append(f"replayed {d.replayed_at:%Y-%m-%d %H:%M:%S}")
+    extra = f"  [{'; '.join(notes)}]" if notes else ""
+    return (
+        f"#{d.dead_letter_id:<7} {d.received_at:%Y-%m-%d %H:%M:%S}  {d.reason:<19} {d.size:>8} B  {d.topic}  "
+        f"{_clip(d.detail, 100)}{extra}"
+    )
+
+
+def _show(d: StoredDeadLetter) -> None:
+    typer.echo(f"dead letter #{d.dead_letter_id}")
+    typer.echo(f"received:  {d.received_at:%Y-%m-%d %H:%M:%S.%f} UTC")
+    typer.echo(f"reason:    {d.reason}")
+    typer.echo(f"topic:     {d.topic}")
+    typer.echo(f"detail:    {d.detail}")
+    if d.truncated:
+        typer.echo(f"size:      {d.size} bytes, only the first {d.stored_bytes} kept (cannot be replayed)")
+    else:
+        typer.echo(f"size:      {d.size} bytes")
+    typer.echo(f"replayed:  {f'{d.replayed_at:%Y-%m-%d %H:%M:%S} UTC' if d.replayed_at else 'no'}")
+    payload = d.payload or b""
+    try:
+        text = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+        kind = "JSON"
+    except (ValueError, UnicodeDecodeError):
+        try:
+            text, kind = payload.decode("utf-8"), "text, not JSON"
+        except UnicodeDecodeError:
+            text, kind = repr(payload), "binary, shown as Python bytes"
+    typer.echo(f"payload ({kind}):")
+    typer.echo(text)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    ctx: typer.Context,
+    reason: ReasonOpt = None,
+    gateway: GatewayOpt = None,
+    topic: TopicOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, newest first.")] = 50,
+    show: Annotated[int | None, typer.Option("--show", help="Print this dead letter whole, payload included.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on standard output, for scripts.")] = False,
+) -> None:
+    """Dead letters, newest first: time, reason, topic, payload size and detail; by reason when unfiltered."""
+    from ingest import count_dead_letters, dead_letter_summary, get_dead_letter, list_dead_letters
+    from wearline.db import connect
+
+    settings = settings_of(ctx, needs={"log", "database", "topic_prefix"})
+    schema = settings.database.schema_name
+    filt = None if show is not None else _filter(reason, gateway, topic, since, until)
+
+    async def run() -> None:
+        async with await connect(settings.database) as conn:
+            if filt is None:
+                assert show is not None
+                one = await get_dead_letter(conn, schema, show)
+                if as_json:
+                    typer.echo(json.dumps(one.as_json(), ensure_ascii=False))
+                else:
+                    _show(one)
+                return
+            rows = await list_dead_letters(conn, schema, settings.topic_prefix, filt, limit=limit)
+            total = await count_dead_letters(conn, schema, settings.topic_prefix, filt)
+            summary = await dead_letter_summary(conn, schema) if filt.empty else None
+        if as_json:
+            doc: dict[str, object] = {
+                "schema": schema,
+                "matching": total,
+                "dead_letters": [d.as_json() for d in rows],
+            }
+            if summary is not None:
+                doc["summary"] = [r.as_json() for r in summary]
+            typer.echo(json.dumps(doc, ensure_ascii=False))
+            return
+        if total == 0:
+            typer.echo(f"no dead letters in schema {schema}" + ("" if filt.empty else " match these filters"))
+            return
+        if summary is not None:
+            typer.echo(f"dead letters in schema {schema}, by reason:")
+            for r in summary:
+                typer.echo(
+                    f"  {r.reason:<19} {r.count:>9}  ({r.pending} not replayed)  "
+                    f"{r.first:%Y-%m-%d %H:%M:%S} .. {r.last:%Y-%m-%d %H:%M:%S}"
+                )
+            typer.echo(f"  {'total':<19} {sum(r.count for r in summary):>9}")
+            typer.echo("")
+        typer.echo(f"{'id':<8} {'received (UTC)':<19}  {'reason':<19} {'size':>10}  topic  detail")
+        for d in rows:
+            typer.echo(_line(d))
+        if total > len(rows):
+            typer.echo(f"(newest {len(rows)} of {total}; --limit shows more, --show ID one whole)")
+
+    run_async(run())
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    ctx: typer.Context,
+    reason: ReasonOpt = None,
+    gateway: GatewayOpt = None,
+    topic: TopicOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    id_: Annotated[list[int] | None, typer.Option("--id", help="Only this dead letter (repeat for several).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter not replayed yet (no filter needed).")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be replayed; send and mark nothing.")] = False,
+) -> None:
+    """Publish stored payloads back to their own topics (QoS 1) after fixing their cause, e.g. registering a machine.
+
+    Each is marked replayed once the broker acknowledges it; ingest takes it from there, and one it refuses again
+    becomes a new dead letter. Truncated payloads are skipped. Exit status 1 when any failed.
+    """
+    from dataclasses import replace
+
+    from ingest import DeadLetterError, replay_dead_letters
+
+    settings = settings_of(ctx, needs={"log", "database", "mqtt", "topic_prefix"})
+    filt = replace(_filter(reason, gateway, topic, since, until), ids=tuple(id_ or ()))
+    if filt.empty and not all_:
+        raise DeadLetterError(
+            "replay needs a filter (--reason, --gateway, --topic, --since, --until, --id) or --all for every one"
+        )
+    counts = run_async(replay_dead_letters(settings, filt, dry_run=dry_run))
+    skipped = f"skipped {counts.truncated} (payload truncated when stored: cannot be replayed)"
+    if counts.dry_run:
+        typer.echo(f"dry run: would replay {counts.replayed} and skip {counts.truncated} (payload truncated when stored); nothing sent or marked")
+        return
+    typer.echo(f"replayed {counts.replayed}, {skipped}, failed {counts.failed}")
+    for why, n in sorted((counts.failures or {}).items()):
+        typer.echo(f"  failed: {n} x {why}")
+    if counts.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,337 @@
+"""`wearline dead-letters list|replay`, run as the real command against the real database and broker.
+
+Listing reads rows as ingest writes them (inserted here with chosen times, to test time filters and order); replay
+is tested end to end: ingest refuses a payload, the cause is fixed, the replay re-publishes it through the broker and
+the real ingest stores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
+
+import ingest
+from tests.conftest import make_settings, unique
+from tests.ingest._support import connect_db, publish
+from wearline.cli import app
+from wearline.db import migrate
+from wearline.settings import Settings
+from wearline.topics import MachinePath, telemetry_topic
+from wearline.wire import Sample, encode_message
+
+WEARLINE = str(Path(sys.executable).with_name("wearline"))
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {
+        "WEARLINE_DATABASE__DSN": settings.database.dsn,
+        "WEARLINE_DATABASE__SCHEMA": settings.database.schema_name,
+        "WEARLINE_TOPIC_PREFIX": settings.topic_prefix,
+        "WEARLINE_MQTT__HOST": settings.mqtt.host,
+        "WEARLINE_MQTT__PORT": str(settings.mqtt.port),
+        "WEARLINE_MQTT__CLIENT_ID": unique("wlt-cli-"),
+    }
+
+
+def _process(settings: Settings, *args: str, timeout: float = 60) -> Done:
+    """The installed ``wearline`` command in a process of its own."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")}, **_env(settings)}
+    done = subprocess.run([WEARLINE, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    print(f"$ wearline {' '.join(args)}  -> exit {done.returncode}\n{done.stdout}{done.stderr[-600:]}")
+    return Done(done.returncode, done.stdout, done.stderr)
+
+
+def _cli(settings: Settings, *args: str) -> Done:
+    """The same ``wearline`` command in this process (a process costs 3 s of imports): its own settings and exit."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("WEARLINE_")}
+    result = CliRunner().invoke(app, list(args), env={**env, **_env(settings)})
+    print(f"$ wearline {' '.join(args)}  -> exit {result.exit_code}\n{result.stdout}{result.stderr[-600:]}")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Done(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass(frozen=True)
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _error(done: Done) -> str:
+    assert done.returncode == 2, done.stdout
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def _payload(ts_ms: int, **values: float) -> bytes:
+    return orjson.dumps({"v": 1, "ts": ts_ms, "values": values or {"a": 1.0}})
+
+
+# (topic under the prefix, reason, detail, payload, received minutes ago)
+ROWS = [
+    ("acme/site1/line1/pump-1/telemetry", "unknown_machine", "machine acme/site1/line1/pump-1 is not registered", 1),
+    ("acme/site1/line2/pump-2/telemetry", "ts_future", "ts 2031-01-01 is 5 y ahead", 5),
+    ("acme/site10/line1/fan-1/telemetry", "unknown_machine", "machine acme/site10/line1/fan-1 is not registered", 30),
+    ("beta/site1/line1/pump-1/telemetry", "not_json", "unexpected byte 0xff", 90),
+    ("acme/site1/line1/pump-1/telemetry", "ts_past", "ts 1970-01-02 is older than 30 days", 180),
+]
+
+
+@pytest.fixture
+def listed(schema: str) -> Settings:
+    settings = make_settings(schema, unique("wlt/"), "native")
+    asyncio.run(migrate(settings.database))
+    with connect_db(schema) as conn:
+        for topic, reason, detail, minutes in ROWS:
+            payload = b"\xff\xfe not json" if reason == "not_json" else _payload(1_700_000_000_000, a=2.5)
+            conn.execute(
+                """INSERT INTO dead_letters (received_at, topic, reason, detail, payload)
+                   VALUES (now() - make_interval(mins => %s), %s, %s, %s, %s)""",
+                [minutes, f"{settings.topic_prefix}/{topic}", reason, detail, payload],
+            )
+    return settings
+
+
+def _ids(stdout: str) -> list[int]:
+    return [int(line.split()[0][1:]) for line in stdout.splitlines() if line.startswith("#")]
+
+
+def test_unfiltered_list_summarises_by_reason_and_lists_newest_first(listed: Settings) -> None:
+    done = _cli(listed, "dead-letters", "list")
+    assert done.returncode == 0
+    out = done.stdout
+    assert f"dead letters in schema {listed.database.schema_name}, by reason:" in out
+    summary = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line.startswith("  ")}
+    assert summary == {"unknown_machine": 2, "ts_future": 1, "not_json": 1, "ts_past": 1, "total": 5}
+    assert _ids(out) == [1, 2, 3, 4, 5]  # inserted oldest-received last, so ids run newest first
+    first = next(line for line in out.splitlines() if line.startswith("#1 "))
+    assert "unknown_machine" in first
+    assert f"{listed.topic_prefix}/acme/site1/line1/pump-1/telemetry" in first
+    assert f"{len(_payload(1_700_000_000_000, a=2.5))} B" in first
+    assert "is not registered" in first
+
+    limited = _cli(listed, "dead-letters", "list", "--limit", "2")
+    assert _ids(limited.stdout) == [1, 2]
+    assert "(newest 2 of 5;" in limited.stdout
+
+
+def test_filters_by_reason_gateway_topic_and_time(listed: Settings) -> None:
+    def ids(*args: str) -> list[int]:
+        done = _cli(listed, "dead-letters", "list", *args)
+        assert done.returncode == 0
+        assert "by reason" not in done.stdout  # the summary is for an unfiltered look only
+        return _ids(done.stdout)
+
+    assert ids("--reason", "unknown_machine") == [1, 3]
+    assert ids("--reason", "unknown_machine", "--reason", "ts_past") == [1, 3, 5]
+    # site1 is not site10: the gateway matches whole levels.
+    assert ids("--gateway", "acme/site1") == [1, 2, 5]
+    assert ids("--gateway", "acme") == [1, 2, 3, 5]
+    assert ids("--gateway", "acme/site1/line1/pump-1") == [1, 5]
+    assert ids("--topic", f"{listed.topic_prefix}/+/site1/+/pump-1/telemetry") == [1, 4, 5]
+    assert ids("--topic", f"{listed.topic_prefix}/acme/site10/#") == [3]
+    assert ids("--since", "10m") == [1, 2]
+    assert ids("--since", "2h", "--until", "20m") == [3, 4]
+    assert ids("--reason", "ts_future", "--gateway", "beta") == []
+    empty = _cli(listed, "dead-letters", "list", "--gateway", "nobody")
+    assert f"no dead letters in schema {listed.database.schema_name} match these filters" in empty.stdout
+
+
+def test_json_output_for_scripts(listed: Settings) -> None:
+    doc = json.loads(_cli(listed, "dead-letters", "list", "--json").stdout)
+    assert doc["matching"] == 5
+    assert [d["id"] for d in doc["dead_letters"]] == [1, 2, 3, 4, 5]
+    assert {r["reason"]: r["count"] for r in doc["summary"]} == {
+        "unknown_machine": 2,
+        "ts_future": 1,
+        "not_json": 1,
+        "ts_past": 1,
+    }
+    assert doc["dead_letters"][3]["size"] == len(b"\xff\xfe not json")
+    assert doc["dead_letters"][0]["replayed_at"] is None
+    filtered = json.loads(_cli(listed, "dead-letters", "list", "--json", "--reason", "ts_past").stdout)
+    assert filtered["matching"] == 1
+    assert "summary" not in filtered
+    one = json.loads(_cli(listed, "dead-letters", "list", "--json", "--show", "4").stdout)
+    assert one["payload"] is None  # not UTF-8
+    assert one["payload_base64"] == "//4gbm90IGpzb24="
+
+
+def test_show_prints_one_dead_letter_whole_with_its_payload_pretty(listed: Settings) -> None:
+    out = _cli(listed, "dead-letters", "list", "--show", "1").stdout
+    assert "reason:    unknown_machine" in out
+    assert "detail:    machine acme/site1/line1/pump-1 is not registered" in out
+    assert "payload (JSON):" in out
+    assert '\n  "ts": 1700000000000,\n' in out  # indented: pretty-printed, not the compact wire form
+    assert '    "a": 2.5\n' in out
+    binary = _cli(listed, "dead-letters", "list", "--show", "4").stdout
+    assert "payload (binary, shown as Python bytes):" in binary
+    assert "b'\\xff\\xfe not json'" in binary
+    assert "no dead letter 99 in schema" in _error(_cli(listed, "dead-letters", "list", "--show", "99"))
+
+
+def test_ordinary_mistakes_get_one_line(listed: Settings) -> None:
+    line = _error(_process(listed, "dead-letters", "list", "--reason", "unknown"))
+    assert "--reason 'unknown'" in line
+    assert "unknown_machine" in line  # the valid ones are listed
+    assert "ts_future" in line
+    assert "--since 'yesterday'" in _error(_cli(listed, "dead-letters", "list", "--since", "yesterday"))
+    assert "--until" in _error(_cli(listed, "dead-letters", "list", "--until", "3 parsecs"))
+    assert "--gateway" in _error(_cli(listed, "dead-letters", "list", "--gateway", "acme/site 1"))
+    assert "'#' must be the last level" in _error(_cli(listed, "dead-letters", "list", "--topic", "a/#/b"))
+    assert "is not before" in _error(_cli(listed, "dead-letters", "list", "--since", "1h", "--until", "2h"))
+    assert "--all" in _error(_cli(listed, "dead-letters", "replay"))
+    never = make_settings(unique("wlt_never_"), listed.topic_prefix)
+    assert "wearline db migrate" in _error(_cli(never, "dead-letters", "list"))
+
+
+def _wait(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _query(schema: str, sql: str) -> list[tuple[object, ...]]:
+    with connect_db(schema) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_replay_after_registering_the_machine_stores_the_readings(
+    schema: str, shipped_broker: tuple[str, int]
+) -> None:
+    host, port = shipped_broker
+    settings = make_settings(
+        schema,
+        unique("wlt/"),
+        "native",
+        mqtt={"host": host, "port": port},
+        ingest={"auto_register": False, "max_future_s": 1.0},
+    )
+    await migrate(settings.database)
+    with connect_db(schema) as conn:
+        conn.execute(
+            """WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING tenant_id),
+                    s AS (INSERT INTO sites (tenant_id, name) SELECT tenant_id, 'site1' FROM t RETURNING site_id),
+                    l AS (INSERT INTO lines (site_id, name) SELECT site_id, 'line1' FROM s RETURNING line_id),
+                    m AS (INSERT INTO machines (tenant_id, line_id, name) SELECT tenant_id, line_id, 'known' FROM t, l
+                          RETURNING machine_id)
+               INSERT INTO sensors (machine_id, position, name) SELECT machine_id, 1, 'a' FROM m"""
+        )
+    now = int(time.time() * 1000)
+    stranger = telemetry_topic(settings.topic_prefix, MachinePath("acme", "site1", "line1", "stranger"))
+    known = telemetry_topic(settings.topic_prefix, MachinePath("acme", "site1", "line1", "known"))
+    refused = [(stranger, encode_message([Sample(now - 1000 * k, {"a": 10.0 + k})], "pump")) for k in range(3)]
+    # A gateway clock 3 s ahead with ingest.max_future_s = 1: refused now, fine once the wall clock catches up.
+    ahead = now + 3000
+    refused.append((known, _payload(ahead, a=7.5)))
+    schema_rows = (
+        f"SELECT count(*) FROM dead_letters WHERE replayed_at IS {{}} NULL AND topic LIKE '{settings.topic_prefix}/%'"
+    )
+
+    stop = asyncio.Event()
+    subscribed = asyncio.Event()
+
+    async def drive() -> None:
+        try:
+            await subscribed.wait()
+            await asyncio.to_thread(publish, host, port, refused)
+            await asyncio.to_thread(_wait, lambda: _query(schema, schema_rows.format(""))[0][0] == 4, "4 dead letters")
+            reasons = _query(schema, "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason")
+            assert reasons == [("ts_future", 1), ("unknown_machine", 3)]
+
+            dry = await asyncio.to_thread(
+                _process, settings, "dead-letters", "replay", "--gateway", "acme", "--dry-run"
+            )
+            assert "dry run: would replay 4 and skip 0" in dry.stdout
+            assert _query(schema, schema_rows.format("NOT"))[0][0] == 0  # nothing marked
+
+            # The fix: register the machine (as an operator would, auto-registration being off), and let the
+            # clock pass the gateway's sample time.
+            with connect_db(schema) as conn:
+                conn.execute(
+                    """WITH m AS (INSERT INTO machines (tenant_id, line_id, name)
+                                  SELECT tenant_id, line_id, 'stranger' FROM machines WHERE name = 'known'
+                                  RETURNING machine_id)
+                       INSERT INTO sensors (machine_id, position, name) SELECT machine_id, 1, 'a' FROM m"""
+                )
+            await asyncio.sleep(max(0.0, (ahead - time.time() * 1000) / 1000 + 0.5))
+
+            done = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--gateway", "acme/site1")
+            assert done.returncode == 0, done.stderr
+            assert "replayed 4, skipped 0" in done.stdout
+            assert "failed 0" in done.stdout
+
+            stored = "SELECT m.name, r.vals[1] FROM readings r JOIN machines m USING (machine_id) ORDER BY 1, 2"
+            await asyncio.to_thread(_wait, lambda: len(_query(schema, stored)) == 4, "4 replayed readings")
+            assert _query(schema, stored) == [
+                ("known", 7.5),
+                ("stranger", 10.0),
+                ("stranger", 11.0),
+                ("stranger", 12.0),
+            ]
+            # Every dead letter is marked, and none came back: ingest took them all.
+            assert _query(schema, schema_rows.format("NOT"))[0][0] == 4
+            assert _query(schema, "SELECT count(*) FROM dead_letters")[0][0] == 4
+
+            again = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--all")
+            assert "replayed 0, skipped 0" in again.stdout
+            listed = await asyncio.to_thread(_process, settings, "dead-letters", "list")
+            assert "(0 not replayed)" in listed.stdout
+            assert listed.stdout.count("[replayed ") == 4
+        finally:
+            stop.set()
+
+    async with asyncio.timeout(90), asyncio.TaskGroup() as tg:
+        run = tg.create_task(ingest.run_ingest(settings, stop, registry=CollectorRegistry(), subscribed=subscribed))
+        tg.create_task(drive())
+    summary = run.result()
+    print(f"ingest: {summary}")
+    assert summary.dead_letters == 4
+
+
+def test_replay_nobody_receives_is_failed_and_stays_pending(schema: str, shipped_broker: tuple[str, int]) -> None:
+    # No ingest ever subscribed under this prefix: under MQTT 5 the broker says so in its PUBACK, and marking the
+    # dead letter replayed would lose the payload.
+    host, port = shipped_broker
+    settings = make_settings(schema, unique("wlt/"), "native", mqtt={"host": host, "port": port})
+    asyncio.run(migrate(settings.database))
+    with connect_db(schema) as conn:
+        conn.execute(
+            "INSERT INTO dead_letters (topic, reason, detail, payload) VALUES (%s, 'unknown_machine', 'x', %s)",
+            [f"{settings.topic_prefix}/acme/site1/line1/m1/telemetry", _payload(int(time.time() * 1000))],
+        )
+    done = _process(settings, "dead-letters", "replay", "--reason", "unknown_machine")
+    assert done.returncode == 1
+    assert "replayed 0, skipped 0" in done.stdout
+    assert "failed 1" in done.stdout
+    assert "no subscriber" in done.stdout
+    assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == 1
+
+
+def test_replay_with_the_broker_down_is_one_line(schema: str) -> None:
+    settings = make_settings(schema, unique("wlt/"), "native", mqtt={"host": "127.0.0.1", "port": 1})
+    asyncio.run(migrate(settings.database))
+    with connect_db(schema) as conn:
+        conn.execute(
+            "INSERT INTO dead_letters (topic, reason, detail, payload) VALUES ('t/x', 'unknown_machine', 'x', 'p')"
+        )
+    line = _error(_process(settings, "dead-letters", "replay", "--all"))
+    assert "127.0.0.1:1" in line
+    assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == 1
