@@ -184,8 +184,13 @@ class Heartbeat:
                 log.warning("could not record the ingest heartbeat: %s", exc)
 
     async def others_alive(self) -> int:
-        """How many other members of this scheme and share are alive (a shared group's remaining members)."""
-        members = await self.refresh()
+        """How many other members of this scheme and share are alive (a shared group's remaining members); 0 when
+        the database does not answer within 2 s, so that a member keeps its session rather than guess."""
+        try:
+            async with asyncio.timeout(2):
+                members = await self.refresh()
+        except (psycopg.Error, TimeoutError):
+            return 0
         return sum(
             m.state == "alive" and m.identity != self._sub.client_id and m.share == self._sub.share for m in members
         )

@@ -105,19 +105,23 @@ async def _commit_singly(
     return all_rows, all_dead, all_stamps
 
 
-async def _choose(settings: Settings, client_id: str, metrics: IngestMetrics, stop: asyncio.Event) -> Subscription:
-    """Ask the broker what it is (retrying while it is unreachable) and pick the scheme that keeps the promise."""
+async def _choose(
+    settings: Settings, client_id: str, metrics: IngestMetrics, stop: asyncio.Event
+) -> Subscription | None:
+    """Ask the broker what it is (retrying while it is unreachable) and pick the scheme that keeps the promise;
+    None if asked to stop before the broker answered."""
     backoff = 0.5
     while True:
         try:
             version = await probe_broker_version(settings.mqtt, client_id=f"{client_id}-probe")
             break
         except BrokerError as exc:
-            if stop.is_set():
-                raise
             metrics.broker_reconnects.inc()
-            log.warning("broker: %s; retrying in %.1f s", exc, backoff)
-            await _sleep_unless(stop, backoff)
+            delay = backoff * random.uniform(0.5, 1.0)
+            log.warning("broker: %s; retrying in %.1f s", exc, delay)
+            await _sleep_unless(stop, delay)
+            if stop.is_set():
+                return None
             backoff = min(backoff * 2, 10.0)
     sub = choose_subscription(settings, client_id=client_id, broker_version=version)
     metrics.subscription.labels(sub.scheme, broker_kind(version)).set(1)
@@ -163,6 +167,8 @@ async def run_ingest(
         writer = BatchWriter(pool, settings, mode, metrics)
         metrics.db_up.set(1)
         scheme = await _choose(settings, client_id or settings.mqtt.client_id, metrics, stop)
+        if scheme is None:
+            return summary
         beat = await stack.enter_async_context(Heartbeat(pool, scheme, ing.heartbeat_s, metrics))
         backoff = 0.5
         connected_before = False
@@ -248,8 +254,10 @@ async def run_ingest(
             except _Stopped:
                 log.warning("stopping with a batch uncommitted (database unavailable); the broker will redeliver it")
                 break
-        with contextlib.suppress(psycopg.Error):
-            await record_stop(pool, scheme.client_id, session_ended=session_ended)
+        # Bounded: a database that is down must not hold the shutdown (the heartbeat then just goes stale).
+        with contextlib.suppress(psycopg.Error, TimeoutError):
+            async with asyncio.timeout(2):
+                await record_stop(pool, scheme.client_id, session_ended=session_ended)
     finally:
         metrics.broker_up.set(0)
         await stack.aclose()
