@@ -30,17 +30,31 @@ def tickets_list(
     all_: Annotated[bool, typer.Option("--all", help="Include resolved and closed tickets.")] = False,
 ) -> None:
     """List tickets, most urgent first."""
+    import psycopg
+
     from alerts import list_tickets
     from wearline.db import connect
+    from wearline.errors import WearlineError
 
     settings = settings_of(ctx)
+    schema = settings.database.schema_name
 
     async def show() -> None:
         async with await connect(settings.database) as conn:
-            for t in await list_tickets(conn, tenant=tenant, live_only=not all_):
-                typer.echo(
-                    f"#{t.ticket_id} P{t.priority} {t.status:<12} {t.tenant}/{t.machine}  {t.title}  "
-                    f"(x{t.occurrences}, since {t.first_seen:%Y-%m-%d %H:%M:%S})"
-                )
+            try:
+                tickets = await list_tickets(conn, tenant=tenant, live_only=not all_)
+            except psycopg.errors.UndefinedTable as exc:
+                raise WearlineError(f"schema {schema} has no tickets table: run `wearline db migrate`") from exc
+        if not tickets:
+            # Silence would look like a broken command or the wrong schema: say which schema was asked.
+            which = "tickets" if all_ else "live tickets"
+            scope = f" for tenant {tenant}" if tenant else ""
+            hint = "" if all_ else " (--all includes resolved and closed ones)"
+            typer.echo(f"no {which}{scope} in schema {schema}{hint}")
+        for t in tickets:
+            typer.echo(
+                f"#{t.ticket_id} P{t.priority} {t.status:<12} {t.tenant}/{t.machine}  {t.title}  "
+                f"(x{t.occurrences}, since {t.first_seen:%Y-%m-%d %H:%M:%S})"
+            )
 
     run_async(show())

@@ -27,7 +27,7 @@ from analytics._mahalanobis import Mahalanobis
 from analytics._offline import DETECTORS, AnomalyModel, RulModel, make_detector, make_rul
 from analytics._pca import PcaT2Q
 from analytics._regime import ConditionEncoder, RegimeScaler
-from analytics._registry import read_model_file, register_model
+from analytics._registry import RegisteredModel, list_models, read_model_file, register_model
 from analytics._rul_gbm import GbmRul
 from analytics._rul_trend import TrendRul
 from analytics._store import load_model, save_model
@@ -53,6 +53,7 @@ __all__ = [
     "ModelError",
     "PcaT2Q",
     "RegimeScaler",
+    "RegisteredModel",
     "RulEstimator",
     "RulModel",
     "RulPrediction",
@@ -62,6 +63,7 @@ __all__ = [
     "TrendRul",
     "clone",
     "evaluate_dir",
+    "list_models",
     "load_model",
     "make_detector",
     "make_rul",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from analytics._base import ModelError
 from analytics._offline import AnomalyModel, RulModel
 from analytics._store import load_model
 
-__all__ = ["ModelCache", "read_model_file", "register_model"]
+__all__ = ["ModelCache", "RegisteredModel", "list_models", "read_model_file", "register_model"]
 
 
 def read_model_file(path: Path) -> tuple[bytes, dict[str, Any]]:
@@ -37,6 +39,40 @@ async def register_model(
         [meta["kind"], machine_type, meta["version"], Jsonb(meta), blob],
     )
     return str(meta["version"])
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """One registered model; ``in_use`` marks the newest of its kind and machine type, the one the worker loads."""
+
+    kind: str
+    machine_type: str
+    version: str
+    method: str
+    """The anomaly detector or the RUL estimator it was fitted with."""
+    registered_at: datetime
+    size_bytes: int
+    in_use: bool
+
+
+async def list_models(
+    conn: psycopg.AsyncConnection[Any], *, kind: str | None = None, machine_type: str | None = None
+) -> list[RegisteredModel]:
+    """Registered models by kind and machine type, newest first within each."""
+    # The same order as ModelCache._get, so that "in use" is what the worker loads.
+    cur = await conn.execute(
+        """SELECT kind, machine_type, version, coalesce(metadata->>'detector', metadata->>'estimator', '?'),
+                  created_at, octet_length(blob),
+                  row_number() OVER (PARTITION BY kind, machine_type ORDER BY created_at DESC, model_id DESC) = 1
+           FROM models
+           WHERE (%(kind)s::text IS NULL OR kind = %(kind)s) AND (%(type)s::text IS NULL OR machine_type = %(type)s)
+           ORDER BY kind, machine_type, created_at DESC, model_id DESC""",
+        {"kind": kind, "type": machine_type},
+    )
+    return [
+        RegisteredModel(str(k), str(t), str(v), str(m), at, int(size), bool(use))
+        for k, t, v, m, at, size, use in await cur.fetchall()
+    ]
 
 
 class ModelCache:

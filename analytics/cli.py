@@ -248,6 +248,49 @@ def models_register(
     typer.echo(f"registered {meta['kind']} model {run_async(store())} for machine type {machine_type}")
 
 
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    kind: Annotated[str | None, typer.Option(help="Only anomaly or rul models.")] = None,
+    machine_type: Annotated[str | None, typer.Option(help="Only models for this machine type.")] = None,
+) -> None:
+    """Registered models, newest first per kind and machine type; `*` marks the one the worker uses."""
+    import psycopg
+
+    from analytics import ModelError, RegisteredModel, list_models
+    from wearline.db import connect
+
+    if kind not in (None, "anomaly", "rul"):
+        raise ModelError(f"--kind {kind!r}: must be anomaly or rul")
+    settings = settings_of(ctx, needs={"log", "database"})
+
+    async def fetch() -> list[RegisteredModel]:
+        async with await connect(settings.database) as conn:
+            try:
+                return await list_models(conn, kind=kind, machine_type=machine_type)
+            except psycopg.errors.UndefinedTable as exc:
+                schema = settings.database.schema_name
+                raise ModelError(f"schema {schema} has no models table: run `wearline db migrate`") from exc
+
+    models = run_async(fetch())
+    if not models:
+        typer.echo(
+            f"no registered models in schema {settings.database.schema_name}"
+            + ("" if kind is None and machine_type is None else " match these filters")
+            + "; add one with `wearline models register`"
+        )
+        return
+    typer.echo(
+        f"  {'kind':<8} {'machine type':<20} {'version':<26} {'method':<12} {'registered (UTC)':<19} {'size':>10}"
+    )
+    for m in models:
+        typer.echo(
+            f"{'*' if m.in_use else ' '} {m.kind:<8} {m.machine_type:<20} {m.version:<26} {m.method:<12} "
+            f"{m.registered_at:%Y-%m-%d %H:%M:%S} {m.size_bytes:>8,} B"
+        )
+    typer.echo("*: in use, the newest of its kind for its machine type (what the worker loads)")
+
+
 @app.command("eval")
 def eval_(
     ctx: typer.Context,
