@@ -241,11 +241,10 @@ async def replay_dead_letters(
         finally:
             if publisher is not None:
                 await publisher.__aexit__()
-    log.info(
-        "replay: %d replayed, %d skipped (truncated), %d failed%s",
-        counts.replayed,
-        counts.truncated,
-        counts.failed,
-        " (dry run)" if dry_run else "",
-    )
+    if dry_run:
+        log.info("replay (dry run): would replay %d, skip %d (truncated)", counts.replayed, counts.truncated)
+    else:
+        log.info(
+            "replay: %d replayed, %d skipped (truncated), %d failed", counts.replayed, counts.truncated, counts.failed
+        )
     return counts

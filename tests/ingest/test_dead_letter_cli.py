@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 import ingest
+from ingest._dead_letters import ORIGINAL_SIZE_COLUMNS
 from tests.conftest import make_settings, unique
 from tests.ingest._support import connect_db, publish
 from wearline.cli import app
@@ -237,13 +238,18 @@ async def test_replay_after_registering_the_machine_stores_the_readings(
     now = int(time.time() * 1000)
     stranger = telemetry_topic(settings.topic_prefix, MachinePath("acme", "site1", "line1", "stranger"))
     known = telemetry_topic(settings.topic_prefix, MachinePath("acme", "site1", "line1", "known"))
-    refused = [(stranger, encode_message([Sample(now - 1000 * k, {"a": 10.0 + k})], "pump")) for k in range(3)]
     # A gateway clock 3 s ahead with ingest.max_future_s = 1: refused now, fine once the wall clock catches up.
     ahead = now + 3000
-    refused.append((known, _payload(ahead, a=7.5)))
-    schema_rows = (
+    refused = [(known, _payload(ahead, a=7.5))]
+    # Ten times the replay's in-flight window of 100, from a machine nobody registered yet.
+    n = 1000
+    refused += [(stranger, encode_message([Sample(now - 1000 * k, {"a": 10.0 + k})], "pump")) for k in range(n)]
+    expected = {("known", ahead): 7.5} | {("stranger", now - 1000 * k): 10.0 + k for k in range(n)}
+    dead = (
         f"SELECT count(*) FROM dead_letters WHERE replayed_at IS {{}} NULL AND topic LIKE '{settings.topic_prefix}/%'"
     )
+    stored = """SELECT m.name, (extract(epoch FROM r.time) * 1000)::bigint, r.vals[1]
+                FROM readings r JOIN machines m USING (machine_id)"""
 
     stop = asyncio.Event()
     subscribed = asyncio.Event()
@@ -252,15 +258,15 @@ async def test_replay_after_registering_the_machine_stores_the_readings(
         try:
             await subscribed.wait()
             await asyncio.to_thread(publish, host, port, refused)
-            await asyncio.to_thread(_wait, lambda: _query(schema, schema_rows.format(""))[0][0] == 4, "4 dead letters")
+            await asyncio.to_thread(_wait, lambda: _query(schema, dead.format(""))[0][0] == n + 1, "dead letters")
             reasons = _query(schema, "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason")
-            assert reasons == [("ts_future", 1), ("unknown_machine", 3)]
+            assert reasons == [("ts_future", 1), ("unknown_machine", n)]
 
             dry = await asyncio.to_thread(
                 _process, settings, "dead-letters", "replay", "--gateway", "acme", "--dry-run"
             )
-            assert "dry run: would replay 4 and skip 0" in dry.stdout
-            assert _query(schema, schema_rows.format("NOT"))[0][0] == 0  # nothing marked
+            assert f"dry run: would replay {n + 1} and skip 0" in dry.stdout
+            assert _query(schema, dead.format("NOT"))[0][0] == 0  # nothing marked
 
             # The fix: register the machine (as an operator would, auto-registration being off), and let the
             # clock pass the gateway's sample time.
@@ -275,26 +281,27 @@ async def test_replay_after_registering_the_machine_stores_the_readings(
 
             done = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--gateway", "acme/site1")
             assert done.returncode == 0, done.stderr
-            assert "replayed 4, skipped 0" in done.stdout
+            assert f"replayed {n + 1}, skipped 0" in done.stdout
             assert "failed 0" in done.stdout
 
-            stored = "SELECT m.name, r.vals[1] FROM readings r JOIN machines m USING (machine_id) ORDER BY 1, 2"
-            await asyncio.to_thread(_wait, lambda: len(_query(schema, stored)) == 4, "4 replayed readings")
-            assert _query(schema, stored) == [
-                ("known", 7.5),
-                ("stranger", 10.0),
-                ("stranger", 11.0),
-                ("stranger", 12.0),
-            ]
+            await asyncio.to_thread(_wait, lambda: len(_query(schema, stored)) == n + 1, "replayed readings")
+            rows = {(str(name), int(str(ms))): val for name, ms, val in _query(schema, stored)}
+            assert rows == expected
             # Every dead letter is marked, and none came back: ingest took them all.
-            assert _query(schema, schema_rows.format("NOT"))[0][0] == 4
-            assert _query(schema, "SELECT count(*) FROM dead_letters")[0][0] == 4
+            marked = _query(schema, dead.format("NOT"))[0][0]
+            total = _query(schema, "SELECT count(*) FROM dead_letters")[0][0]
+            print(
+                f"published {len(refused)}, dead-lettered {n + 1}, replayed {marked}, committed {len(rows)}, "
+                f"refused again {int(str(total)) - (n + 1)}"
+            )
+            assert marked == n + 1
+            assert total == n + 1
 
             again = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--all")
             assert "replayed 0, skipped 0" in again.stdout
             listed = await asyncio.to_thread(_process, settings, "dead-letters", "list")
             assert "(0 not replayed)" in listed.stdout
-            assert listed.stdout.count("[replayed ") == 4
+            assert listed.stdout.count("[replayed ") == 50  # the default --limit
         finally:
             stop.set()
 
@@ -303,7 +310,7 @@ async def test_replay_after_registering_the_machine_stores_the_readings(
         tg.create_task(drive())
     summary = run.result()
     print(f"ingest: {summary}")
-    assert summary.dead_letters == 4
+    assert summary.dead_letters == n + 1
 
 
 def test_replay_nobody_receives_is_failed_and_stays_pending(schema: str, shipped_broker: tuple[str, int]) -> None:
@@ -335,3 +342,61 @@ def test_replay_with_the_broker_down_is_one_line(schema: str) -> None:
     line = _error(_process(settings, "dead-letters", "replay", "--all"))
     assert "127.0.0.1:1" in line
     assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == 1
+
+
+def test_every_dead_letters_column_is_one_the_commands_know(schema: str) -> None:
+    # A tripwire for the schema contract: the original size of a capped payload may be recorded under any of
+    # ORIGINAL_SIZE_COLUMNS; a new column under another name would make truncated payloads look whole to replay.
+    settings = make_settings(schema, unique("wlt/"), "native")
+    asyncio.run(migrate(settings.database))
+    known = {"dead_letter_id", "received_at", "topic", "reason", "detail", "payload", "replayed_at"}
+    with connect_db(schema) as conn:
+        got = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'dead_letters'",
+            [schema],
+        ).fetchall()
+    strange = {str(c) for (c,) in got} - known - set(ORIGINAL_SIZE_COLUMNS)
+    assert not strange, (
+        f"dead_letters has column(s) {sorted(strange)} that `wearline dead-letters` does not know: if one records "
+        "the payload's original size, add its name to ingest._dead_letters.ORIGINAL_SIZE_COLUMNS"
+    )
+
+
+def test_a_truncated_payload_is_shown_as_such_and_never_replayed(schema: str, shipped_broker: tuple[str, int]) -> None:
+    host, port = shipped_broker
+    settings = make_settings(schema, unique("wlt/"), "native", mqtt={"host": host, "port": port})
+    asyncio.run(migrate(settings.database))
+    topic = f"{settings.topic_prefix}/acme/site1/line1/m1/telemetry"
+    whole = _payload(int(time.time() * 1000))
+    with connect_db(schema) as conn:
+        size_column = next(
+            (c for c in ORIGINAL_SIZE_COLUMNS if conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = 'dead_letters'"
+                " AND column_name = %s", [schema, c]).fetchone()),
+            None,
+        )  # fmt: skip
+        if size_column is None:  # before the migration that caps payloads: record sizes as it will
+            size_column = ORIGINAL_SIZE_COLUMNS[0]
+            conn.execute(f"ALTER TABLE dead_letters ADD COLUMN {size_column} integer")
+        insert = (
+            f"INSERT INTO dead_letters (topic, reason, detail, payload, {size_column}) VALUES (%s, %s, 'x', %s, %s)"
+        )
+        conn.execute(insert, [topic, "oversized", b'{"v": 1, "ts": 17', 50_000])  # the first 17 of 50,000 bytes
+        conn.execute(insert, [topic, "unknown_machine", whole, len(whole)])
+
+    listed = _cli(settings, "dead-letters", "list", "--reason", "oversized").stdout
+    assert "50000 B" in listed
+    assert "[kept 17 B]" in listed
+    assert "only the first 17 kept (cannot be replayed)" in _cli(settings, "dead-letters", "list", "--show", "1").stdout
+    doc = json.loads(_cli(settings, "dead-letters", "list", "--json").stdout)
+    assert [(d["truncated"], d["size"], d["stored_bytes"]) for d in doc["dead_letters"]] == [
+        (False, len(whole), len(whole)),
+        (True, 50_000, 17),
+    ]
+    dry = _cli(settings, "dead-letters", "replay", "--all", "--dry-run")
+    assert "would replay 1 and skip 1" in dry.stdout
+    # Nobody subscribes under this prefix, so the whole one fails (and stays pending); the truncated one is not sent.
+    done = _cli(settings, "dead-letters", "replay", "--all")
+    assert done.returncode == 1
+    assert "replayed 0, skipped 1 (payload truncated when stored: cannot be replayed), failed 1" in done.stdout
+    assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == 2
