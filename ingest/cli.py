@@ -268,7 +268,10 @@ def dead_letters_replay(
     counts = run_async(replay_dead_letters(settings, filt, dry_run=dry_run))
     skipped = f"skipped {counts.truncated} (payload truncated when stored: cannot be replayed)"
     if counts.dry_run:
-        typer.echo(f"dry run: would replay {counts.replayed} and skip {counts.truncated} (payload truncated when stored); nothing sent or marked")
+        typer.echo(
+            f"dry run: would replay {counts.replayed} and skip {counts.truncated} (payload truncated when stored); "
+            "nothing sent or marked"
+        )
         return
     typer.echo(f"replayed {counts.replayed}, {skipped}, failed {counts.failed}")
     for why, n in sorted((counts.failures or {}).items()):
