@@ -160,6 +160,15 @@ class Heartbeat:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+
+    async def close(self, *, session_ended: bool) -> None:
+        """Stop beating, then record a clean stop (a beat after it would mark the member alive again). Bounded:
+        a database that is down must not hold the shutdown; the heartbeat then just goes stale."""
+        await self.__aexit__()
+        with contextlib.suppress(psycopg.Error, TimeoutError):
+            async with asyncio.timeout(2):
+                await record_stop(self._pool, self._sub.client_id, session_ended=session_ended)
 
     async def refresh(self) -> list[IngestMember]:
         """Read every member's state now and update the metric."""

@@ -14,7 +14,7 @@ import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from ingest._membership import Heartbeat, record_stop
+from ingest._membership import Heartbeat
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError, Message, Subscriber, probe_broker_version
 from ingest._scheme import Subscription, broker_kind, choose_subscription
@@ -254,10 +254,7 @@ async def run_ingest(
             except _Stopped:
                 log.warning("stopping with a batch uncommitted (database unavailable); the broker will redeliver it")
                 break
-        # Bounded: a database that is down must not hold the shutdown (the heartbeat then just goes stale).
-        with contextlib.suppress(psycopg.Error, TimeoutError):
-            async with asyncio.timeout(2):
-                await record_stop(pool, scheme.client_id, session_ended=session_ended)
+        await beat.close(session_ended=session_ended)
     finally:
         metrics.broker_up.set(0)
         await stack.aclose()
