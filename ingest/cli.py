@@ -111,7 +111,8 @@ ReasonOpt = Annotated[
     typer.Option("--reason", help="Only this reason (repeat for several): unknown_machine, ts_future..."),
 ]
 GatewayOpt = Annotated[
-    str | None, typer.Option(help="Only this gateway's topics: TENANT[/SITE[/LINE[/MACHINE]]] under the topic prefix.")
+    str | None,
+    typer.Option(help="Only this gateway's topics: TENANT, TENANT/SITE, and so on down to TENANT/SITE/LINE/MACHINE."),
 ]
 TopicOpt = Annotated[str | None, typer.Option(help="Only topics matching this MQTT filter (+ and #), prefix included.")]
 SinceOpt = Annotated[str | None, typer.Option(help="Received at or after: 30m, 1h, 2d, 1w ago, or an ISO time (UTC).")]

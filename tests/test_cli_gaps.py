@@ -130,3 +130,13 @@ def test_a_schema_never_migrated_is_one_line(schema: str, command: tuple[str, st
     assert err.count("error:") == 1
     assert settings.database.schema_name in err
     assert "wearline db migrate" in err
+
+
+@pytest.mark.parametrize(
+    "command", [("dead-letters", "list"), ("dead-letters", "replay"), ("models", "list"), ("tickets", "list")]
+)
+def test_help_renders(command: tuple[str, str]) -> None:
+    # Typer renders help through rich markup, where a usage such as TENANT[/SITE] is a malformed tag: a traceback.
+    result = CliRunner().invoke(app, [*command, "--help"], prog_name="wearline")
+    assert result.exit_code == 0, result.output
+    assert f"Usage: wearline {' '.join(command)}" in " ".join(result.stdout.split())
