@@ -219,11 +219,10 @@ async def replay_dead_letters(
                     counts.replayed += len(sendable)
                     continue
                 futures = [publisher.publish(d.topic, d.payload or b"") for d in sendable]
-                try:
-                    async with asyncio.timeout(puback_timeout_s):
-                        verdicts = await asyncio.gather(*futures)
-                except TimeoutError:
-                    verdicts = [f.result() if f.done() else f"no PUBACK within {puback_timeout_s} s" for f in futures]
+                # asyncio.wait, not a timeout around gather: that would cancel the futures whose PUBACK came in time.
+                if futures:
+                    await asyncio.wait(futures, timeout=puback_timeout_s)
+                verdicts = [f.result() if f.done() else f"no PUBACK within {puback_timeout_s:g} s" for f in futures]
                 done = [d.dead_letter_id for d, v in zip(sendable, verdicts, strict=True) if v is None]
                 for v in verdicts:
                     if v is not None:

@@ -12,13 +12,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
@@ -400,3 +403,52 @@ def test_a_truncated_payload_is_shown_as_such_and_never_replayed(schema: str, sh
     assert done.returncode == 1
     assert "replayed 0, skipped 1 (payload truncated when stored: cannot be replayed), failed 1" in done.stdout
     assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == 2
+
+
+def test_a_payload_without_puback_in_time_stays_pending_and_goes_again(
+    schema: str, shipped_broker: tuple[str, int]
+) -> None:
+    # At-least-once across ten times the in-flight window: what the broker did not acknowledge in time is not
+    # marked, and the next replay sends it again; the receiver sees duplicates, never a gap.
+    host, port = shipped_broker
+    settings = make_settings(schema, unique("wlt/"), "native", mqtt={"host": host, "port": port})
+    asyncio.run(migrate(settings.database))
+    n = 1000
+    with connect_db(schema) as conn:
+        conn.execute(
+            """INSERT INTO dead_letters (topic, reason, detail, payload)
+               SELECT %s || '/acme/site1/line1/m' || (g %% 10) || '/telemetry', 'unknown_machine', 'x',
+                      convert_to(g::text, 'UTF8')
+               FROM generate_series(1, %s) g""",
+            [settings.topic_prefix, n],
+        )
+    received: list[bytes] = []
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=unique("wlt-sub-"), protocol=MQTTProtocolVersion.MQTTv5)
+    ready = threading.Event()
+    sub.on_subscribe = lambda *_: ready.set()
+    sub.on_message = lambda _c, _u, msg: received.append(bytes(msg.payload))
+    sub.connect(host, port)
+    sub.loop_start()
+    try:
+        sub.subscribe(f"{settings.topic_prefix}/#", qos=1)
+        assert ready.wait(10)
+        late = asyncio.run(ingest.replay_dead_letters(settings, ingest.DeadLetterFilter(), puback_timeout_s=0))
+        # A PUBACK that beats the zero wait still counts; what matters is that every one that did not stays pending.
+        assert late.replayed + late.failed == n
+        assert late.failed > n // 2
+        assert late.failures == {"no PUBACK within 0 s": late.failed}
+        assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == late.failed
+        again = asyncio.run(ingest.replay_dead_letters(settings, ingest.DeadLetterFilter()))
+        assert (again.replayed, again.failed) == (late.failed, 0)
+        # The first run hung up without waiting, so some of its sends never left: those are not duplicates.
+        _wait(lambda: len(set(received)) >= n, "every payload")
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    print(
+        f"dead letters {n}; first replay: acknowledged in time {late.replayed}, not {late.failed}; second replay: "
+        f"acknowledged {again.replayed}; "
+        f"received {len(received)}, distinct {len(set(received))}, duplicates {len(received) - len(set(received))}"
+    )
+    assert set(received) == {str(g).encode() for g in range(1, n + 1)}
+    assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == 0
