@@ -1,15 +1,18 @@
 """Simulated machines that play the plant: physics, degradation, injected faults, gateways, and the ground truth.
 
 A :class:`Scenario` (usually a TOML file, see ``docs/simulator.md``) describes a fleet; :class:`Fleet` steps it;
-:func:`write_offline_dataset` writes run-to-failure histories as CSV; :func:`publish_fleet` publishes it over MQTT.
+:func:`write_offline_dataset` writes run-to-failure histories as CSV; :func:`publish_fleet` publishes it over MQTT,
+on the simulated clock :func:`plan_live` sets (accelerated through recent history, never ahead of the wall clock).
 """
 
+from simulators._backlog import BacklogStats, PublishBacklog
+from simulators._clock import DEFAULT_HISTORY_S, LivePlan, default_history_s, plan_live
 from simulators._fleet import FAULT_LABELS, Fleet, Frame, SimEvent
 from simulators._gateway import GatewayStats
 from simulators._load import LoadResult, run_load
 from simulators._machines import MACHINE_TYPES, MachineType, machine_type
 from simulators._offline import TRAIN_COLUMNS, TRUTH_COLUMNS, OfflineDataset, write_offline_dataset
-from simulators._publish import PublishSummary, publish_fleet
+from simulators._publish import PublishError, PublishSummary, publish_fleet
 from simulators._scenario import (
     FAULT_KINDS,
     Fault,
@@ -24,12 +27,14 @@ from simulators._scenario import (
 from simulators._truth import TRUTH_CSV_COLUMNS, TruthSink, open_truth
 
 __all__ = [
+    "DEFAULT_HISTORY_S",
     "FAULT_KINDS",
     "FAULT_LABELS",
     "MACHINE_TYPES",
     "TRAIN_COLUMNS",
     "TRUTH_COLUMNS",
     "TRUTH_CSV_COLUMNS",
+    "BacklogStats",
     "Fault",
     "FaultSpec",
     "Fleet",
@@ -37,18 +42,23 @@ __all__ = [
     "Frame",
     "GatewaySpec",
     "GatewayStats",
+    "LivePlan",
     "LoadResult",
     "MachineGroup",
     "MachineType",
     "OfflineDataset",
+    "PublishBacklog",
+    "PublishError",
     "PublishSummary",
     "Scenario",
     "ScenarioError",
     "SimEvent",
     "TruthSink",
+    "default_history_s",
     "load_scenario",
     "machine_type",
     "open_truth",
+    "plan_live",
     "publish_fleet",
     "run_load",
     "write_offline_dataset",

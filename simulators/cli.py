@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from wearline.command import OFFLINE, check_output, run_stage, settings_of
+from wearline.errors import WearlineError
 from wearline.settings import Settings
 
 __all__ = ["app", "bench"]
@@ -45,7 +46,18 @@ def simulate(
     time_scale: Annotated[
         float, typer.Option(min=0.001, help="accelerated: simulated seconds per wall second.")
     ] = 60.0,
-    steps: Annotated[int | None, typer.Option(min=1, help="Samples per machine, then stop (default: run on).")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Samples per machine, then stop (default: run on). accelerated: they end at now."),
+    ] = None,
+    history: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="accelerated, without --steps: simulated seconds to play before reaching now, then real time "
+            "(default: an hour, or until 5 min after the scenario's last injected fault).",
+        ),
+    ] = None,
     period: Annotated[float | None, typer.Option(min=0.001, help="Simulated seconds between samples.")] = None,
     fault: Annotated[
         list[str] | None,
@@ -129,11 +141,32 @@ def simulate(
 
     scale = 1.0 if mode is Mode.realtime else time_scale
 
+    from simulators import plan_live
+
+    # Ingest refuses samples older than its max_past_days: an accelerated stretch must not start before that.
+    max_past_s = settings_of(ctx).ingest.max_past_days * 86400
+    now_ms = int(time.time() * 1000)
+    planned = plan_live(sc, time_scale=scale, steps=steps, history_s=history, now_ms=now_ms)
+    span, ago_s = planned.accelerated_s, (now_ms - planned.start_ms) / 1000
+    if ago_s > max_past_s:
+        if steps is not None:
+            option = f"--steps {steps}"
+        else:
+            option = f"--history {history:g}" if history is not None else f"--history (default {span:g} s here)"
+        raise WearlineError(
+            f"{option}: the accelerated stretch would start {ago_s:,.0f} s ago, before ingest keeps "
+            f"readings (ingest.max_past_days = {max_past_s / 86400:g}, WEARLINE_INGEST__MAX_PAST_DAYS): shorten it"
+        )
+
     async def main(s: Settings, stop: asyncio.Event) -> None:
         from simulators import open_truth, publish_fleet
         from wearline.db import migrate
 
-        start_ms = int(time.time() * 1000)
+        # Accelerated time plays recent history, so that no sample is stamped ahead of the wall clock (ingest
+        # would keep it as a ts_future dead letter, not a reading).
+        plan = plan_live(sc, time_scale=scale, steps=steps, history_s=history)
+        start_ms = plan.start_ms
+        typer.echo(plan.describe())
         if truth_db:
             await migrate(s.database)
         async with open_truth(
@@ -151,10 +184,11 @@ def simulate(
                 seed=run_seed,
                 truth=sink if (truth_db or truth_csv) else None,
             )
-        g = result.gateways
+        g, b = result.gateways, result.backlog
         typer.echo(
             f"published {result.messages} messages ({result.samples} samples) over {result.steps} steps; "
-            f"gateways: {g.outages} outages, {g.replayed} samples replayed, {g.lost} lost, {g.duplicates} duplicates"
+            f"gateways: {g.outages} outages, {g.replayed} samples replayed, {g.lost} lost, {g.duplicates} duplicates; "
+            f"back-pressure: {b.episodes} episodes, {b.seconds:.1f} s, at most {b.peak} messages waiting"
         )
 
     try:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from simulators import TRUTH_COLUMNS, MachineGroup, Scenario, run_load
-from tests.conftest import make_settings, unique
+from tests.conftest import TEST_MQTT, make_settings, unique
 from wearline.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
+WEARLINE = str(Path(sys.executable).with_name("wearline"))
 
 
 def test_offline_mode_writes_the_five_files(tmp_path: Path) -> None:
@@ -63,3 +69,81 @@ def test_load_mode_publishes_and_reports() -> None:
     figures = json.loads(result.json())
     assert figures["messages"] == result.messages
     assert figures["qos"] == 0
+
+
+def _wearline(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    host, port = TEST_MQTT.rsplit(":", 1)
+    base = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")},
+        "WEARLINE_MQTT__HOST": host,
+        "WEARLINE_MQTT__PORT": port,
+        "WEARLINE_TOPIC_PREFIX": unique("wlt-cli-"),
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [WEARLINE, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=60, check=False
+    )
+    print(f"wearline {' '.join(args)}: exit {done.returncode} in {time.monotonic() - started:.1f} s: {done.stderr!r}")
+    return done
+
+
+def _error_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_broker_is_one_line_naming_it_and_the_settings() -> None:
+    port = _free_port()  # nothing listens there once the socket is closed
+    line = _error_line(
+        _wearline(
+            "simulate", "--mode", "accelerated", "--steps", "5",
+            env={"WEARLINE_MQTT__PORT": str(port), "WEARLINE_MQTT__CONNECT_TIMEOUT_S": "3"},
+        )
+    )  # fmt: skip
+    assert f"127.0.0.1:{port}" in line
+    assert "unreachable" in line
+    assert "WEARLINE_MQTT__HOST" in line
+    assert "WEARLINE_MQTT__PORT" in line
+
+
+def test_offline_output_must_be_a_folder_whose_parent_exists(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    line = _error_line(_wearline("simulate", "--mode", "offline", "--units", "2", "--out", str(missing)))
+    assert f"--out {missing}" in line
+    assert "does not exist" in line
+    assert not (tmp_path / "no").exists()
+    a_file = tmp_path / "data"
+    a_file.write_text("mine\n")
+    line = _error_line(_wearline("simulate", "--mode", "offline", "--units", "2", "--out", str(a_file)))
+    assert "is a file, not a folder" in line
+    assert a_file.read_text() == "mine\n", "the file is left alone"
+
+
+def test_an_accelerated_stretch_older_than_ingest_keeps_is_refused() -> None:
+    line = _error_line(
+        _wearline("simulate", "--mode", "accelerated", "--steps", "200000",
+                  env={"WEARLINE_INGEST__MAX_PAST_DAYS": "1"})
+    )  # fmt: skip
+    assert "--steps 200000" in line
+    assert "WEARLINE_INGEST__MAX_PAST_DAYS" in line
+
+
+def test_an_accelerated_run_says_which_span_it_covers_and_ends_at_now() -> None:
+    done = _wearline("simulate", "--mode", "accelerated", "--time-scale", "600", "--steps", "600", "--machines", "2")
+    assert done.returncode == 0, done.stderr
+    first, last = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    assert first.startswith("simulating ")
+    assert "(10 min) at x600, about 1 s of wall time, reaching now as it ends; then stops" in first
+    assert last.startswith("published 1200 messages (1200 samples) over 600 steps")
+    assert "back-pressure: 0 episodes" in last
+    assert "pending publish" not in done.stderr

@@ -19,9 +19,10 @@ from simulators import (
     MachineGroup,
     Scenario,
     open_truth,
+    plan_live,
     publish_fleet,
 )
-from tests.conftest import TEST_DSN
+from tests.conftest import TEST_DSN, make_settings, unique
 from wearline.settings import Settings
 from wearline.topics import parse_telemetry_topic, telemetry_filter
 from wearline.wire import decode_message
@@ -108,3 +109,73 @@ async def test_live_publish_is_received_and_truth_recorded(migrated: Settings, t
     assert faults == (4,)
     assert events == [("fault_onset", "dropout:current"), ("fault_end", "dropout")]
     assert run == [(1, 1.0)]
+
+
+async def _receive_all(settings: Settings, ready: asyncio.Event, out: list[tuple[int, int]], expect: int) -> None:
+    """Each received sample as (its timestamp, the receiving wall clock), both ms; refuses none on the way."""
+    m = settings.mqtt
+    async with aiomqtt.Client(m.host, m.port, identifier=f"{m.client_id}-sub") as client:
+        await client.subscribe(telemetry_filter(settings.topic_prefix), qos=1)
+        ready.set()
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            now_ms = int(time.time() * 1000)
+            decoded = decode_message(
+                message.payload, now_ms=now_ms, max_bytes=1 << 20, max_future_ms=10**9, max_past_ms=10**9
+            )
+            out.extend((s.ts_ms, now_ms) for s in decoded.samples)
+            if len(out) >= expect:
+                return
+
+
+async def test_an_accelerated_run_never_stamps_a_sample_ahead_of_the_wall_clock() -> None:
+    # Issue 10, item 2: at x60 the README's run stamped samples hours ahead; ingest kept 94 % as ts_future.
+    settings = make_settings(unique("wlt_"), unique("wlt/"))
+    steps, scale = 200, 1000.0
+    scenario = Scenario(
+        groups=(MachineGroup("centrifugal_pump", 4),),
+        gateways=GatewaySpec(machines_per_gateway=2, batch_samples=5, clock_skew_ms=250),
+    )
+    received: list[tuple[int, int]] = []
+    ready = asyncio.Event()
+    async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+        listener = tg.create_task(_receive_all(settings, ready, received, 4 * steps))
+        await ready.wait()
+        began = time.time()
+        summary = await publish_fleet(
+            settings.mqtt, settings.topic_prefix, scenario, asyncio.Event(), steps=steps, time_scale=scale, seed=2
+        )
+        wall = time.time() - began
+        await listener
+    ahead = [ts - now for ts, now in received if ts > now]
+    print(
+        f"{len(received)} samples over {summary.steps} steps in {wall:.2f} s; "
+        f"{len(ahead)} stamped ahead of the wall clock (most {max(ahead, default=0)} ms)"
+    )
+    assert len(received) == 4 * steps
+    assert ahead == []
+    # The stretch ends at now: the newest sample is a fresh one, not hours old, and the run kept its pace.
+    assert max(ts for ts, _ in received) >= int(time.time() * 1000) - 3_000
+    assert wall < steps / scale + 5
+
+
+async def test_an_open_ended_run_slows_to_real_time_once_it_reaches_now() -> None:
+    settings = make_settings(unique("wlt_"), unique("wlt/"))
+    stop = asyncio.Event()
+    history_s, run_s = 30.0, 2.5
+    start_ms = plan_live(Scenario(), time_scale=1000, history_s=history_s).start_ms
+    loop = asyncio.get_running_loop()
+    loop.call_later(run_s, stop.set)
+    summary = await publish_fleet(
+        settings.mqtt,
+        settings.topic_prefix,
+        Scenario(groups=(MachineGroup("electric_motor", 2),)),
+        stop,
+        time_scale=1000,
+        start_ms=start_ms,
+        seed=4,
+    )
+    print(f"{summary.steps} steps in {run_s} s after a {history_s:.0f} s stretch at x1000")
+    # 31 steps of history in 30 ms, then one per wall second: x1000 throughout would have made about 2,500.
+    assert history_s + 1 <= summary.steps <= history_s + run_s + 2
+    assert summary.last_ts_ms <= int(time.time() * 1000)
