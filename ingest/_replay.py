@@ -53,6 +53,8 @@ class ReplayCounts:
     failed: int = 0
     dry_run: bool = False
     failures: dict[str, int] | None = None
+    stopped: str | None = None
+    """Why the replay stopped before the end of the selection (the broker connection was lost), or None."""
 
     def fail(self, why: str, n: int = 1) -> None:
         self.failed += n
@@ -127,6 +129,11 @@ class _Publisher:
         for fut in pending:
             self._settle(fut, self._lost)
         self._settle(self._connected, self._lost)
+
+    @property
+    def lost(self) -> str | None:
+        """Why the connection dropped, once it has."""
+        return self._lost
 
     async def __aenter__(self) -> _Publisher:
         s = self._s
@@ -235,7 +242,8 @@ async def replay_dead_letters(
                     counts.replayed += len(done)
                 if progress is not None:
                     progress(counts)
-                if any(v is not None and v.startswith("connection lost") for v in verdicts):
+                if publisher.lost is not None:
+                    counts.stopped = publisher.lost
                     break
         finally:
             if publisher is not None:

@@ -254,7 +254,7 @@ def dead_letters_replay(
     """Publish stored payloads back to their own topics (QoS 1) after fixing their cause, e.g. registering a machine.
 
     Each is marked replayed once the broker acknowledges it; ingest takes it from there, and one it refuses again
-    becomes a new dead letter. Truncated payloads are skipped. Exit status 1 when any failed.
+    becomes a new dead letter. Truncated payloads are skipped. Exit status 1 when any failed or the broker went away.
     """
     from dataclasses import replace
 
@@ -277,5 +277,7 @@ def dead_letters_replay(
     typer.echo(f"replayed {counts.replayed}, {skipped}, failed {counts.failed}")
     for why, n in sorted((counts.failures or {}).items()):
         typer.echo(f"  failed: {n} x {why}")
-    if counts.failed:
+    if counts.stopped is not None:
+        typer.echo(f"stopped early ({counts.stopped}): the rest is still pending; run the replay again")
+    if counts.failed or counts.stopped is not None:
         raise typer.Exit(1)

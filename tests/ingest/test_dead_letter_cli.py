@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
@@ -26,9 +27,10 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 import ingest
+from ingest import IngestSummary
 from ingest._dead_letters import ORIGINAL_SIZE_COLUMNS
 from tests.conftest import make_settings, unique
-from tests.ingest._support import connect_db, publish
+from tests.ingest._support import TcpProxy, connect_db, publish
 from wearline.cli import app
 from wearline.db import migrate
 from wearline.settings import Settings
@@ -212,6 +214,10 @@ def _wait(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
         time.sleep(0.1)
 
 
+def _count(schema: str, sql: str) -> int:
+    return int(str(_query(schema, sql)[0][0]))
+
+
 def _query(schema: str, sql: str) -> list[tuple[object, ...]]:
     with connect_db(schema) as conn:
         return conn.execute(sql).fetchall()
@@ -239,81 +245,93 @@ async def test_replay_after_registering_the_machine_stores_the_readings(
                INSERT INTO sensors (machine_id, position, name) SELECT machine_id, 1, 'a' FROM m"""
         )
     now = int(time.time() * 1000)
-    stranger = telemetry_topic(settings.topic_prefix, MachinePath("acme", "site1", "line1", "stranger"))
     known = telemetry_topic(settings.topic_prefix, MachinePath("acme", "site1", "line1", "known"))
     # A gateway clock 3 s ahead with ingest.max_future_s = 1: refused now, fine once the wall clock catches up.
     ahead = now + 3000
     refused = [(known, _payload(ahead, a=7.5))]
-    # Ten times the replay's in-flight window of 100, from a machine nobody registered yet.
-    n = 1000
-    refused += [(stranger, encode_message([Sample(now - 1000 * k, {"a": 10.0 + k})], "pump")) for k in range(n)]
-    expected = {("known", ahead): 7.5} | {("stranger", now - 1000 * k): 10.0 + k for k in range(n)}
+    # Ten times the replay's in-flight window of 100, from machines nobody registered yet; 50 each, within what
+    # ingest stores of one topic's dead letters at once.
+    n, per = 1000, 50
+    strangers = [f"stranger-{i:02d}" for i in range(n // per)]
+    for k in range(n):
+        path = MachinePath("acme", "site1", "line1", strangers[k // per])
+        sample = Sample(now - 1000 * k, {"a": 10.0 + k})
+        refused.append((telemetry_topic(settings.topic_prefix, path), encode_message([sample], "pump")))
+    expected = {("known", ahead): 7.5} | {(strangers[k // per], now - 1000 * k): 10.0 + k for k in range(n)}
     dead = (
         f"SELECT count(*) FROM dead_letters WHERE replayed_at IS {{}} NULL AND topic LIKE '{settings.topic_prefix}/%'"
     )
     stored = """SELECT m.name, (extract(epoch FROM r.time) * 1000)::bigint, r.vals[1]
                 FROM readings r JOIN machines m USING (machine_id)"""
 
-    stop = asyncio.Event()
-    subscribed = asyncio.Event()
-
-    async def drive() -> None:
+    async def refuse(subscribed: asyncio.Event, stop: asyncio.Event) -> None:
         try:
             await subscribed.wait()
             await asyncio.to_thread(publish, host, port, refused)
-            await asyncio.to_thread(_wait, lambda: _query(schema, dead.format(""))[0][0] == n + 1, "dead letters")
-            reasons = _query(schema, "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason")
-            assert reasons == [("ts_future", 1), ("unknown_machine", n)]
+            await asyncio.to_thread(_wait, lambda: _count(schema, dead.format("")) == n + 1, "dead letters")
+        finally:
+            stop.set()
 
-            dry = await asyncio.to_thread(
-                _process, settings, "dead-letters", "replay", "--gateway", "acme", "--dry-run"
-            )
-            assert f"dry run: would replay {n + 1} and skip 0" in dry.stdout
-            assert _query(schema, dead.format("NOT"))[0][0] == 0  # nothing marked
-
-            # The fix: register the machine (as an operator would, auto-registration being off), and let the
-            # clock pass the gateway's sample time.
-            with connect_db(schema) as conn:
-                conn.execute(
-                    """WITH m AS (INSERT INTO machines (tenant_id, line_id, name)
-                                  SELECT tenant_id, line_id, 'stranger' FROM machines WHERE name = 'known'
-                                  RETURNING machine_id)
-                       INSERT INTO sensors (machine_id, position, name) SELECT machine_id, 1, 'a' FROM m"""
-                )
-            await asyncio.sleep(max(0.0, (ahead - time.time() * 1000) / 1000 + 0.5))
-
+    async def replay(subscribed: asyncio.Event, stop: asyncio.Event) -> None:
+        try:
+            await subscribed.wait()
             done = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--gateway", "acme/site1")
             assert done.returncode == 0, done.stderr
             assert f"replayed {n + 1}, skipped 0" in done.stdout
             assert "failed 0" in done.stdout
-
-            await asyncio.to_thread(_wait, lambda: len(_query(schema, stored)) == n + 1, "replayed readings")
-            rows = {(str(name), int(str(ms))): val for name, ms, val in _query(schema, stored)}
-            assert rows == expected
-            # Every dead letter is marked, and none came back: ingest took them all.
-            marked = _query(schema, dead.format("NOT"))[0][0]
-            total = _query(schema, "SELECT count(*) FROM dead_letters")[0][0]
-            print(
-                f"published {len(refused)}, dead-lettered {n + 1}, replayed {marked}, committed {len(rows)}, "
-                f"refused again {int(str(total)) - (n + 1)}"
+            await asyncio.to_thread(
+                _wait, lambda: _count(schema, f"SELECT count(*) FROM ({stored}) r") == n + 1, "rows"
             )
-            assert marked == n + 1
-            assert total == n + 1
-
-            again = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--all")
-            assert "replayed 0, skipped 0" in again.stdout
-            listed = await asyncio.to_thread(_process, settings, "dead-letters", "list")
-            assert "(0 not replayed)" in listed.stdout
-            assert listed.stdout.count("[replayed ") == 50  # the default --limit
         finally:
             stop.set()
 
-    async with asyncio.timeout(90), asyncio.TaskGroup() as tg:
-        run = tg.create_task(ingest.run_ingest(settings, stop, registry=CollectorRegistry(), subscribed=subscribed))
-        tg.create_task(drive())
-    summary = run.result()
-    print(f"ingest: {summary}")
-    assert summary.dead_letters == n + 1
+    async def run_ingest(job: Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]) -> IngestSummary:
+        stop = asyncio.Event()
+        subscribed = asyncio.Event()
+        async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
+            run = tg.create_task(ingest.run_ingest(settings, stop, registry=CollectorRegistry(), subscribed=subscribed))
+            tg.create_task(job(subscribed, stop))
+        return run.result()
+
+    first = await run_ingest(refuse)
+    reasons = _query(schema, "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason")
+    assert reasons == [("ts_future", 1), ("unknown_machine", n)]
+    dry = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--gateway", "acme", "--dry-run")
+    assert f"dry run: would replay {n + 1} and skip 0" in dry.stdout
+    assert _count(schema, dead.format("NOT")) == 0  # nothing marked
+
+    # The fix: register the machines (as an operator would, auto-registration being off), and let the clock pass
+    # the gateway's sample time. Ingest restarts: a running one remembers a refused machine for a while (its
+    # refusal cache), and this test is about replay, not about that cache.
+    with connect_db(schema) as conn:
+        conn.execute(
+            """WITH m AS (INSERT INTO machines (tenant_id, line_id, name)
+                          SELECT tenant_id, line_id, s FROM machines, unnest(%s::text[]) s WHERE name = 'known'
+                          RETURNING machine_id)
+               INSERT INTO sensors (machine_id, position, name) SELECT machine_id, 1, 'a' FROM m""",
+            [strangers],
+        )
+    await asyncio.sleep(max(0.0, (ahead - time.time() * 1000) / 1000 + 0.5))
+    second = await run_ingest(replay)
+
+    rows = {(str(name), int(str(ms))): val for name, ms, val in _query(schema, stored)}
+    assert rows == expected
+    # Every dead letter is marked, and none came back: ingest took them all.
+    marked = _count(schema, dead.format("NOT"))
+    total = _count(schema, "SELECT count(*) FROM dead_letters")
+    print(
+        f"published {len(refused)}, dead-lettered {first.dead_letters}, replayed {marked}, committed {len(rows)}, "
+        f"refused again {second.dead_letters}; ingest: {first} then {second}"
+    )
+    assert marked == n + 1
+    assert total == n + 1
+    assert second.dead_letters == 0
+
+    again = await asyncio.to_thread(_process, settings, "dead-letters", "replay", "--all")
+    assert "replayed 0, skipped 0" in again.stdout
+    listed = await asyncio.to_thread(_process, settings, "dead-letters", "list")
+    assert "(0 not replayed)" in listed.stdout
+    assert listed.stdout.count("[replayed ") == 50  # the default --limit
 
 
 def test_replay_nobody_receives_is_failed_and_stays_pending(schema: str, shipped_broker: tuple[str, int]) -> None:
@@ -452,3 +470,54 @@ def test_a_payload_without_puback_in_time_stays_pending_and_goes_again(
     )
     assert set(received) == {str(g).encode() for g in range(1, n + 1)}
     assert _query(schema, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")[0][0] == 0
+
+
+async def test_a_connection_lost_mid_replay_stops_it_and_the_next_replay_sends_the_rest(
+    schema: str, shipped_broker: tuple[str, int]
+) -> None:
+    host, port = shipped_broker
+    proxy = TcpProxy(host, port)
+    await proxy.start()
+    settings = make_settings(schema, unique("wlt/"), "native", mqtt={"host": "127.0.0.1", "port": proxy.port})
+    await migrate(settings.database)
+    n = 5000  # enough that the cut lands mid-run
+    with connect_db(schema) as conn:
+        conn.execute(
+            """INSERT INTO dead_letters (topic, reason, detail, payload)
+               SELECT %s || '/acme/site1/line1/m1/telemetry', 'unknown_machine', 'x', convert_to(g::text, 'UTF8')
+               FROM generate_series(1, %s) g""",
+            [settings.topic_prefix, n],
+        )
+    received: set[bytes] = set()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=unique("wlt-sub-"), protocol=MQTTProtocolVersion.MQTTv5)
+    ready = threading.Event()
+    sub.on_subscribe = lambda *_: ready.set()
+    sub.on_message = lambda _c, _u, msg: received.add(bytes(msg.payload))
+    sub.connect(host, port)  # straight to the broker: only the replay's connection is cut
+    sub.loop_start()
+    pending = "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL"
+    try:
+        sub.subscribe(f"{settings.topic_prefix}/#", qos=1)
+        assert ready.wait(10)
+        run = asyncio.create_task(ingest.replay_dead_letters(settings, ingest.DeadLetterFilter()))
+        while _count(schema, pending) > n - 1000 and not run.done():  # noqa: ASYNC110 (polling the database)
+            await asyncio.sleep(0.01)
+        await proxy.cut()
+        first = await run
+        left = _count(schema, pending)
+        print(f"first replay: {first}; pending after it {left}")
+        assert first.stopped is not None
+        assert first.stopped.startswith("connection lost")
+        assert 1000 <= first.replayed < n
+        assert left == n - first.replayed  # marked exactly what was acknowledged
+        await proxy.restore()
+        second = await ingest.replay_dead_letters(settings, ingest.DeadLetterFilter())
+        print(f"second replay: {second}")
+        assert (second.replayed, second.failed, second.stopped) == (left, 0, None)
+        await asyncio.to_thread(_wait, lambda: len(received) >= n, "every payload")
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+        await proxy.close()
+    assert received == {str(g).encode() for g in range(1, n + 1)}
+    assert _query(schema, pending)[0][0] == 0
