@@ -93,3 +93,22 @@ class IngestMetrics:
             ["state"],
             registry=registry,
         )
+        # Labelled by tenant, not by gateway or machine: a conflict needs a registered machine, so the label's values
+        # are the registry's tenants, which ingest.max_auto_tenants bounds; the machine is in the dead letter.
+        self.conflicts = Counter(
+            "wearline_ingest_conflicts_total",
+            "Re-sent messages whose values differ from those stored first (kept as dead letters), by tenant.",
+            ["tenant"],
+            registry=registry,
+        )
+        self.dead_letters_unstored = Counter(
+            "wearline_ingest_dead_letters_unstored_total",
+            "Dead letters counted but not written to the table (per-topic or total rate limit), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.machine_cache = Gauge(
+            "wearline_ingest_machine_cache_machines",
+            "Machines held in this worker's registry cache (bounded by ingest.machine_cache_size).",
+            registry=registry,
+        )

@@ -14,11 +14,12 @@ import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from ingest._housekeeping import Housekeeping
 from ingest._membership import Heartbeat
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError, Message, Subscriber, probe_broker_version
 from ingest._scheme import Subscription, broker_kind, choose_subscription
-from ingest._writer import BatchWriter, DeadLetter, prepare_connection
+from ingest._writer import BatchWriter, Committed, DeadLetter, prepare_connection
 from wearline.db import open_pool, storage_mode
 from wearline.settings import Settings
 from wearline.wire import Reason
@@ -71,38 +72,35 @@ async def _commit_with_retry(
                 rows, dead, stamps = await writer.prepare(batch)
                 received = writer.last_received
                 try:
-                    await writer.commit(rows, dead)
+                    done = await writer.commit(rows, dead)
                 except (psycopg.DataError, psycopg.IntegrityError) as exc:
                     # One bad message must not hold the rest hostage: commit them one by one and keep the
                     # ones the database refuses as dead letters.
                     log.warning("batch refused by the database (%s); writing message by message", exc)
-                    rows, dead, stamps = await _commit_singly(writer, batch)
+                    done, stamps = await _commit_singly(writer, batch)
     except psycopg.OperationalError as exc:
         raise _Stopped from exc
     metrics.db_up.set(1)
     metrics.readings_received.inc(received)
-    readings = sum(sum(v is not None for v in vals) for vals in rows.values())
-    return readings, dead, stamps
+    return done.readings, done.dead, stamps
 
 
-async def _commit_singly(
-    writer: BatchWriter, batch: list[Message]
-) -> tuple[dict[tuple[int, int], list[float | None]], list[DeadLetter], list[int]]:
-    all_rows: dict[tuple[int, int], list[float | None]] = {}
+async def _commit_singly(writer: BatchWriter, batch: list[Message]) -> tuple[Committed, list[int]]:
+    readings = 0
     all_dead: list[DeadLetter] = []
     all_stamps: list[int] = []
     for msg in batch:
         rows, dead, stamps = await writer.prepare([msg])
         try:
-            await writer.commit(rows, dead)
+            done = await writer.commit(rows, dead)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             dead = [DeadLetter(msg.topic, msg.payload, Reason.DB_REJECTED, f"database refused: {exc}"[:500])]
-            await writer.commit({}, dead)
-            rows, stamps = {}, []
-        all_rows.update(rows)
-        all_dead.extend(dead)
+            done = await writer.commit({}, dead)
+            stamps = []
+        readings += done.readings
+        all_dead.extend(done.dead)
         all_stamps.extend(stamps)
-    return all_rows, all_dead, all_stamps
+    return Committed(readings, all_dead), all_stamps
 
 
 async def _choose(
@@ -170,6 +168,7 @@ async def run_ingest(
         if scheme is None:
             return summary
         beat = await stack.enter_async_context(Heartbeat(pool, scheme, ing.heartbeat_s, metrics))
+        await stack.enter_async_context(Housekeeping(pool, writer.surge, retention_days=ing.dead_letter_retention_days))
         backoff = 0.5
         connected_before = False
         leaving = session_ended = False

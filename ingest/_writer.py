@@ -1,7 +1,8 @@
 """Turning a batch of MQTT messages into committed rows: readings by COPY, refused messages as dead letters.
 
 The write is idempotent: a reading is identified by (machine, timestamp), so a redelivered or re-sent message
-lands on the row it already wrote. Values of one instant that arrive in separate messages are merged.
+lands on the row it already wrote. Values of one instant that arrive in separate messages are merged; a value
+stored first is never replaced, and a re-send that disagrees with it is kept as a ``conflict`` dead letter.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ingest._conflicts import Clash, Entry, conflicts_of, describe
+from ingest._limits import DeadLetterLimiter, LruCache
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import Message
+from ingest._surge import SurgeLog
 from wearline.db import StorageMode, ensure_partitions
 from wearline.settings import Settings
 from wearline.topics import MachinePath, TopicError, parse_telemetry_topic
 from wearline.wire import DecodedMessage, PayloadError, Reason, decode_message, ms_to_datetime
 
-__all__ = ["BatchWriter", "DeadLetter", "prepare_connection"]
+__all__ = ["BatchWriter", "Committed", "DeadLetter", "prepare_connection"]
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +37,33 @@ CREATE TEMP TABLE IF NOT EXISTS readings_stage (
     machine_id integer NOT NULL, time timestamptz NOT NULL, vals float8[] NOT NULL
 ) ON COMMIT DELETE ROWS
 """
-_MERGE = """
-INSERT INTO readings (machine_id, time, vals)
-SELECT machine_id, time, vals FROM readings_stage
-ON CONFLICT (machine_id, time) DO UPDATE
-    SET vals = merge_vals(readings.vals, excluded.vals)
-    WHERE readings.vals IS DISTINCT FROM merge_vals(readings.vals, excluded.vals)
+# Step one inserts every new row and takes it off the stage: for live data that is the whole batch, and the write
+# costs what a plain upsert did. Rows left on the stage already existed (redeliveries, re-sends, one instant sent
+# in several messages): step two, run only then, fills their NULLs (merge_vals keeps stored values, migration 8)
+# and returns the stored values that the batch disagrees with, read before the update.
+_INSERT_NEW = """
+WITH ins AS (
+    INSERT INTO readings (machine_id, time, vals)
+    SELECT machine_id, time, vals FROM readings_stage
+    ON CONFLICT (machine_id, time) DO NOTHING
+    RETURNING machine_id, time
+)
+DELETE FROM readings_stage s USING ins WHERE s.machine_id = ins.machine_id AND s.time = ins.time
 """
+_MERGE_EXISTING = """
+WITH old AS (
+    SELECT s.machine_id, s.time, s.vals AS new, r.vals AS old
+    FROM readings_stage s,
+         LATERAL (SELECT vals FROM readings WHERE machine_id = s.machine_id AND time = s.time LIMIT 1) r
+), upd AS (
+    UPDATE readings r SET vals = merge_vals(r.vals, o.new) FROM old o
+    WHERE r.machine_id = o.machine_id AND r.time = o.time AND r.vals IS DISTINCT FROM merge_vals(r.vals, o.new)
+)
+SELECT machine_id, (extract(epoch FROM time) * 1000)::bigint, old FROM old WHERE vals_conflict(old, new)
+"""
+_REFUSAL_TTL_S = 30.0  # a refused machine is not looked up again for this long (a flood would hit the database)
+
+Rows = dict[tuple[int, int], list[float | None]]
 
 
 async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -56,6 +80,15 @@ class DeadLetter:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What one committed batch stored: sensor values written or confirmed, and every dead letter (the ones the
+    rate limit kept out of the table included)."""
+
+    readings: int
+    dead: list[DeadLetter]
+
+
 @dataclass
 class _Machine:
     machine_id: int
@@ -66,8 +99,22 @@ class UnknownMachine(Exception):
     pass
 
 
+class RegistryLimit(Exception):
+    pass
+
+
+@dataclass
+class _Batch:
+    """What :meth:`BatchWriter.prepare` learnt about its batch that :meth:`BatchWriter.commit` needs."""
+
+    messages: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    sources: list[tuple[Message, str]] = field(default_factory=list)  # per entry: the message and its tenant
+    clashes: dict[int, list[Clash]] = field(default_factory=dict)
+
+
 class BatchWriter:
-    """Resolves machines and sensors (registering them when allowed) and commits batches."""
+    """Resolves machines and sensors (registering them within limits) and commits batches."""
 
     def __init__(
         self, pool: AsyncConnectionPool, settings: Settings, mode: StorageMode, metrics: IngestMetrics
@@ -79,10 +126,26 @@ class BatchWriter:
         # A pool with no live connection makes getconn wait; bound it so an outage shows up as a retry (and in
         # the metrics) within seconds rather than the pool's default 30 s.
         self._wait_s = settings.database.connect_timeout_s
-        self._machines: dict[MachinePath, _Machine] = {}
+        ing = settings.ingest
+        self._machines: LruCache[MachinePath, _Machine] = LruCache(ing.machine_cache_size)
+        self._refused: LruCache[MachinePath, tuple[float, str, str]] = LruCache(ing.machine_cache_size)
+        metrics.machine_cache.set_function(lambda: len(self._machines))
         self._partition_days: set[date] = set()
+        self._limiter = DeadLetterLimiter(
+            rate_per_topic=ing.dead_letter_rate_per_topic,
+            burst_per_topic=ing.dead_letter_burst_per_topic,
+            rate_total=ing.dead_letter_rate_total,
+        )
+        self.surge = SurgeLog(ing.dead_letter_log_interval_s)
+        """Dead letters in the log, rate-limited; ingest's housekeeping ticks and finally flushes it."""
+        self._batch = _Batch()
         self.last_received = 0
         """Values decoded by the latest :meth:`prepare` (the received-readings metric counts them once committed)."""
+
+    @property
+    def cached_machines(self) -> int:
+        """Machines held in memory (at most ``ingest.machine_cache_size``)."""
+        return len(self._machines)
 
     # --- registry -------------------------------------------------------------------------------------------
     async def _lookup(self, conn: psycopg.AsyncConnection[Any], path: MachinePath) -> _Machine | None:
@@ -100,24 +163,60 @@ class BatchWriter:
         machine.sensors = dict(await cur.fetchall())
         return machine
 
+    async def _tenant(self, conn: psycopg.AsyncConnection[Any], name: str) -> int:
+        """The tenant's id, creating it when the limits allow (inside the caller's transaction)."""
+        ing = self._settings.ingest
+        sql = "SELECT tenant_id FROM tenants WHERE name = %s"
+        row = await (await conn.execute(sql, [name])).fetchone()
+        if row is not None:
+            return int(row[0])
+        if not ing.auto_register_tenants:
+            raise RegistryLimit(f"tenant {name!r} is not registered and ingest.auto_register_tenants is off")
+        # One writer at a time counts and creates tenants, so several workers cannot pass the limit together.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('wearline-tenants'))")
+        row = await (await conn.execute(sql, [name])).fetchone()
+        if row is not None:
+            return int(row[0])
+        row = await (await conn.execute("SELECT count(*) FROM tenants WHERE auto_registered")).fetchone()
+        if row is not None and row[0] >= ing.max_auto_tenants:
+            raise RegistryLimit(
+                f"tenant {name!r} is not registered and auto-registration has created ingest.max_auto_tenants "
+                f"({ing.max_auto_tenants}) tenants: register it, or raise the limit"
+            )
+        cur = await conn.execute(
+            "INSERT INTO tenants (name, auto_registered) VALUES (%s, true) RETURNING tenant_id", [name]
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
     async def _register(
         self, conn: psycopg.AsyncConnection[Any], path: MachinePath, machine_type: str | None
     ) -> _Machine:
+        ing = self._settings.ingest
         # Each statement is an upsert, so two ingest processes registering the same machine agree on one row.
         async with conn.transaction():
+            tenant_id = await self._tenant(conn, path.tenant)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('wearline-machines'), %s)", [tenant_id])
+            if await self._lookup(conn, path) is None:
+                cur = await conn.execute("SELECT count(*) FROM machines WHERE tenant_id = %s", [tenant_id])
+                row = await cur.fetchone()
+                if row is not None and row[0] >= ing.max_machines_per_tenant:
+                    raise RegistryLimit(
+                        f"machine {path} is not registered and tenant {path.tenant!r} has "
+                        f"ingest.max_machines_per_tenant ({ing.max_machines_per_tenant}) machines"
+                    )
             cur = await conn.execute(
-                """WITH t AS (INSERT INTO tenants (name) VALUES (%(tenant)s)
-                              ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING tenant_id),
-                        s AS (INSERT INTO sites (tenant_id, name) SELECT tenant_id, %(site)s FROM t
+                """WITH s AS (INSERT INTO sites (tenant_id, name) VALUES (%(tenant_id)s, %(site)s)
                               ON CONFLICT (tenant_id, name) DO UPDATE SET name = excluded.name RETURNING site_id),
                         l AS (INSERT INTO lines (site_id, name) SELECT site_id, %(line)s FROM s
                               ON CONFLICT (site_id, name) DO UPDATE SET name = excluded.name RETURNING line_id)
-                   SELECT t.tenant_id, l.line_id FROM t, l""",
-                {"tenant": path.tenant, "site": path.site, "line": path.line},
+                   SELECT line_id FROM l""",
+                {"tenant_id": tenant_id, "site": path.site, "line": path.line},
             )
             row = await cur.fetchone()
             assert row is not None
-            tenant_id, line_id = row
+            line_id = row[0]
             type_id = None
             if machine_type is not None:
                 cur = await conn.execute(
@@ -137,7 +236,10 @@ class BatchWriter:
         log.info("registered machine %s (id %d)", path, machine.machine_id)
         return machine
 
-    async def _add_sensors(self, conn: psycopg.AsyncConnection[Any], machine: _Machine, names: Iterable[str]) -> None:
+    async def _add_sensors(
+        self, conn: psycopg.AsyncConnection[Any], path: MachinePath, machine: _Machine, names: Iterable[str]
+    ) -> None:
+        limit = self._settings.ingest.max_sensors_per_machine
         async with conn.transaction():
             # Serialise position assignment per machine; the lock ends with the transaction.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('wearline-sensors'), %s)", [machine.machine_id])
@@ -145,6 +247,8 @@ class BatchWriter:
             machine.sensors = dict(await cur.fetchall())
             nxt = max(machine.sensors.values(), default=0) + 1
             new = sorted(set(names) - machine.sensors.keys())
+            if len(machine.sensors) + len(new) > limit:
+                raise RegistryLimit(_sensor_limit(path, len(machine.sensors), new, limit))
             await conn.execute(
                 "INSERT INTO sensors (machine_id, position, name) SELECT %s, %s + n - 1, name"
                 " FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, n)",
@@ -157,31 +261,52 @@ class BatchWriter:
         names = {n for s in decoded.samples for n in s.values}
         if machine is not None and names <= machine.sensors.keys():
             return machine
+        ing = self._settings.ingest
+        if machine is None:
+            refused = self._refused.get(path)
+            if refused is not None:
+                until, kind, detail = refused
+                if time.monotonic() < until:
+                    raise (RegistryLimit if kind == "limit" else UnknownMachine)(detail)
+                self._refused.pop(path)
+        else:
+            missing = names - machine.sensors.keys()
+            if ing.auto_register and len(machine.sensors) + len(missing) > ing.max_sensors_per_machine:
+                raise RegistryLimit(_sensor_limit(path, len(machine.sensors), missing, ing.max_sensors_per_machine))
         async with self._pool.connection(timeout=self._wait_s) as conn:
             if machine is None:
                 machine = await self._lookup(conn, path)
                 if machine is None:
-                    if not self._settings.ingest.auto_register:
-                        raise UnknownMachine(f"machine {path} is not registered and ingest.auto_register is off")
-                    machine = await self._register(conn, path, decoded.machine_type)
-                self._machines[path] = machine
+                    if not ing.auto_register:
+                        detail = f"machine {path} is not registered and ingest.auto_register is off"
+                        self._refused.put(path, (time.monotonic() + _REFUSAL_TTL_S, "unknown", detail))
+                        raise UnknownMachine(detail)
+                    try:
+                        machine = await self._register(conn, path, decoded.machine_type)
+                    except RegistryLimit as exc:
+                        self._refused.put(path, (time.monotonic() + _REFUSAL_TTL_S, "limit", str(exc)))
+                        raise
+                self._machines.put(path, machine)
             missing = names - machine.sensors.keys()
             if missing:
-                if not self._settings.ingest.auto_register:
+                if not ing.auto_register:
                     raise UnknownMachine(f"machine {path} has no sensor(s) {sorted(missing)[:5]}")
-                await self._add_sensors(conn, machine, missing)
+                await self._add_sensors(conn, path, machine, missing)
         return machine
 
     # --- batches --------------------------------------------------------------------------------------------
-    async def prepare(
-        self, batch: Sequence[Message]
-    ) -> tuple[dict[tuple[int, int], list[float | None]], list[DeadLetter], list[int]]:
-        """Decode and resolve every message: rows keyed by (machine, ms), dead letters, and sample timestamps."""
+    async def prepare(self, batch: Sequence[Message]) -> tuple[Rows, list[DeadLetter], list[int]]:
+        """Decode and resolve every message: rows keyed by (machine, ms), dead letters, and sample timestamps.
+
+        Within the batch the first value of a sensor at an instant is the one staged; a later message of the batch
+        that disagrees with it is remembered for :meth:`commit`, which turns it into a ``conflict`` dead letter.
+        """
         ing = self._settings.ingest
         now_ms = int(time.time() * 1000)
-        rows: dict[tuple[int, int], list[float | None]] = {}
+        rows: Rows = {}
         dead: list[DeadLetter] = []
         stamps: list[int] = []
+        info = self._batch = _Batch(messages=len(batch))
         received = 0
         for msg in batch:
             try:
@@ -203,7 +328,14 @@ class BatchWriter:
             except UnknownMachine as exc:
                 dead.append(DeadLetter(msg.topic, msg.payload, Reason.UNKNOWN_MACHINE, str(exc)))
                 continue
-            width = len(machine.sensors)
+            except RegistryLimit as exc:
+                dead.append(DeadLetter(msg.topic, msg.payload, Reason.REGISTRY_LIMIT, str(exc)))
+                continue
+            index = len(info.entries)
+            sensors = machine.sensors
+            info.entries.append(Entry(machine.machine_id, sensors, decoded))
+            info.sources.append((msg, path.tenant))
+            width = len(sensors)
             for sample in decoded.samples:
                 key = (machine.machine_id, sample.ts_ms)
                 vals = rows.get(key)
@@ -213,14 +345,21 @@ class BatchWriter:
                     vals.extend([None] * (width - len(vals)))
                 for name, value in sample.values.items():
                     if value is not None:
-                        vals[machine.sensors[name] - 1] = float(value)
+                        pos = sensors[name] - 1
+                        first = vals[pos]
+                        if first is None:
+                            vals[pos] = float(value)
+                        elif first != value:
+                            info.clashes.setdefault(index, []).append(Clash(sample.ts_ms, pos, float(value), first))
                         received += 1
                 stamps.append(sample.ts_ms)
         self.last_received = received
         return rows, dead, stamps
 
-    async def commit(self, rows: dict[tuple[int, int], list[float | None]], dead: Sequence[DeadLetter]) -> None:
-        """Write rows and dead letters in one transaction; raises psycopg errors for the caller to handle."""
+    async def commit(self, rows: Rows, dead: Sequence[DeadLetter]) -> Committed:
+        """Write rows and dead letters in one transaction (conflicting re-sends found on the way added to the dead
+        letters); raises psycopg errors for the caller to handle. ``rows`` and ``dead`` come from :meth:`prepare`
+        of the same batch, the latest one."""
         if self._mode == "native" and rows:
             # Integer day numbers keep this off the per-row datetime path; each missing day gets its own partition,
             # so one stray old sample does not create every partition between it and today.
@@ -230,7 +369,10 @@ class BatchWriter:
                     for day in sorted(missing):
                         await ensure_partitions(conn, day, day)
                 self._partition_days |= missing
+        info = self._batch
+        readings = 0
         async with self._pool.connection(timeout=self._wait_s) as conn, conn.transaction():
+            stored: dict[tuple[int, int], list[float | None]] = {}
             if rows:
                 async with conn.cursor().copy(
                     "COPY readings_stage (machine_id, time, vals) FROM STDIN (FORMAT BINARY)"
@@ -238,8 +380,52 @@ class BatchWriter:
                     copy.set_types(["int4", "timestamptz", "float8[]"])
                     for (machine_id, ms), vals in rows.items():
                         await copy.write_row((machine_id, ms_to_datetime(ms), vals))
-                await conn.execute(_MERGE)
-            if dead:
-                async with conn.cursor().copy("COPY dead_letters (topic, reason, detail, payload) FROM STDIN") as copy:
-                    for d in dead:
-                        await copy.write_row((d.topic, d.reason, d.detail, d.payload))
+                        readings += sum(v is not None for v in vals)
+                cur = await conn.execute(_INSERT_NEW)
+                existing = [] if cur.rowcount == len(rows) else await (await conn.execute(_MERGE_EXISTING)).fetchall()
+                for machine_id, ms, old in existing:
+                    staged = rows[(machine_id, ms)]
+                    lost = sum(o is not None and s is not None and o != s for o, s in zip(old, staged, strict=False))
+                    if lost:  # the batch's first value lost to the stored one: not a committed reading
+                        stored[(machine_id, ms)] = old
+                        readings -= lost
+            conflicts = self._conflicts(info, stored) if rows and (info.clashes or stored) else []
+            dead = [*dead, *(d for d, _ in conflicts)]
+            allowed = self._limiter.allow(d.topic for d in dead)
+            if any(allowed):
+                cap = self._settings.ingest.dead_letter_max_payload_bytes
+                async with conn.cursor().copy(
+                    "COPY dead_letters (topic, reason, detail, payload, original_size) FROM STDIN"
+                ) as copy:
+                    for d, ok in zip(dead, allowed, strict=True):
+                        if ok:
+                            await copy.write_row((d.topic, d.reason, d.detail, d.payload[:cap], len(d.payload)))
+        # Committed: only now do written dead letters spend their topics' tokens, and conflicts count.
+        for _, tenant in conflicts:
+            self._metrics.conflicts.labels(tenant).inc()
+        self._limiter.spend(d.topic for d, ok in zip(dead, allowed, strict=True) if ok)
+        for d, ok in zip(dead, allowed, strict=True):
+            if not ok:
+                self._metrics.dead_letters_unstored.labels(d.reason).inc()
+        self.surge.record(
+            info.messages, ((d.reason, d.topic, d.detail, ok) for d, ok in zip(dead, allowed, strict=True))
+        )
+        return Committed(readings, dead)
+
+    @staticmethod
+    def _conflicts(info: _Batch, stored: dict[tuple[int, int], list[float | None]]) -> list[tuple[DeadLetter, str]]:
+        """A ``conflict`` dead letter, with its tenant, for each message that disagreed with the value kept."""
+        out = []
+        for idx, clashes in sorted(conflicts_of(info.entries, info.clashes, stored).items()):
+            msg, tenant = info.sources[idx]
+            detail = describe(info.entries[idx], clashes)
+            out.append((DeadLetter(msg.topic, msg.payload, Reason.CONFLICT, detail), tenant))
+        return out
+
+
+def _sensor_limit(path: MachinePath, have: int, new: Iterable[str], limit: int) -> str:
+    new = sorted(new)
+    return (
+        f"machine {path} has {have} sensors; {len(new)} new ({', '.join(new[:3])}{', ...' if len(new) > 3 else ''}) "
+        f"would pass ingest.max_sensors_per_machine ({limit})"
+    )

@@ -143,6 +143,28 @@ class IngestSettings(_Section):
     max_payload_bytes: Annotated[int, Field(ge=64)] = 256 * 1024
     max_future_s: Annotated[float, Field(ge=0)] = 300.0
     max_past_days: Annotated[float, Field(gt=0)] = 365.0
+    auto_register_tenants: bool = True
+    """With ``auto_register``: a topic naming an unknown tenant creates it (off: machines only under known ones)."""
+    max_auto_tenants: Annotated[int, Field(ge=0)] = 100
+    """Tenants auto-registration may create in a schema; beyond it, dead letters with reason ``registry_limit``."""
+    max_machines_per_tenant: Annotated[int, Field(ge=1)] = 10_000
+    """Machines auto-registration may create in one tenant."""
+    max_sensors_per_machine: Annotated[int, Field(ge=1, le=32_767)] = 512
+    """Sensors auto-registration may give one machine."""
+    machine_cache_size: Annotated[int, Field(ge=1)] = 20_000
+    """Machines whose ids and sensor positions a worker keeps in memory (least recently used evicted)."""
+    dead_letter_max_payload_bytes: Annotated[int, Field(ge=0)] = 4096
+    """Bytes of a refused payload kept in ``dead_letters`` (its size as received is recorded beside it)."""
+    dead_letter_retention_days: Annotated[float, Field(ge=0)] = 30.0
+    """Dead letters older than this are deleted by ingest's housekeeping; 0 keeps them for ever."""
+    dead_letter_rate_per_topic: Annotated[float, Field(gt=0)] = 1.0
+    """Dead letters one topic may write per second, sustained (token bucket); the rest are only counted."""
+    dead_letter_burst_per_topic: Annotated[int, Field(ge=1)] = 100
+    """Dead letters one topic may write at once before its rate applies."""
+    dead_letter_rate_total: Annotated[float, Field(gt=0)] = 200.0
+    """Dead letters all topics together may write per second (a burst of ten seconds' worth)."""
+    dead_letter_log_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    """At most one warning per dead-letter reason in this interval, with the count, top topic and an example."""
     metrics_port: Port = 9101
 
     @field_validator("shared_group", mode="before")

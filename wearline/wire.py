@@ -43,6 +43,10 @@ class Reason(StrEnum):
     UNKNOWN_MACHINE = "unknown_machine"
     TOO_MANY_SENSORS = "too_many_sensors"
     DB_REJECTED = "db_rejected"
+    CONFLICT = "conflict"
+    """A re-send whose value for a sensor and instant differs from the one stored first (which stays)."""
+    REGISTRY_LIMIT = "registry_limit"
+    """Auto-registration refused a new tenant, machine or sensor (``ingest.max_*`` and ``auto_register_tenants``)."""
 
 
 class PayloadError(ValueError):

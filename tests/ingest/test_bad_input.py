@@ -80,7 +80,8 @@ async def test_every_refusal_is_counted_and_kept_with_its_reason(
         unique("wlt/"),
         "native",
         mqtt={"host": host, "port": port},
-        ingest={"max_payload_bytes": 8192, "auto_register": auto_register},
+        # Dead letters keep whole payloads here (the cap is tests/ingest/test_floods.py's subject).
+        ingest={"max_payload_bytes": 8192, "auto_register": auto_register, "dead_letter_max_payload_bytes": 16384},
     )
     await migrate(settings.database)
     with connect_db(schema) as conn:
