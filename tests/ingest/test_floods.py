@@ -76,7 +76,7 @@ def _scalar(schema: str, query: str) -> int:
     with connect_db(schema) as conn:
         row = conn.execute(query).fetchone()
     assert row is not None
-    return int(row[0])  # type: ignore[call-overload]
+    return int(str(row[0]))
 
 
 def _topic(settings: Settings, tenant: str = "acme", machine: str = "m1") -> str:
@@ -106,7 +106,9 @@ async def test_garbage_is_rate_limited_per_topic_capped_in_size_and_still_counte
         unstored = registry.get_sample_value("wearline_ingest_dead_letters_unstored_total", {"reason": "not_json"})
         outcome = registry.get_sample_value("wearline_ingest_messages_total", {"outcome": "dead_letter"})
     with connect_db(schema) as conn:
-        per_topic = dict(conn.execute("SELECT topic, count(*) FROM dead_letters GROUP BY topic").fetchall())
+        per_topic = {
+            str(t): int(str(n)) for t, n in conn.execute("SELECT topic, count(*) FROM dead_letters GROUP BY topic")
+        }
         sizes = conn.execute("SELECT DISTINCT octet_length(payload), original_size FROM dead_letters").fetchall()
     listed = await _listed(settings)
     print(
