@@ -15,10 +15,11 @@ from ingest._dead_letters import (
 from ingest._membership import IngestMember, ingest_members
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError
-from ingest._replay import ReplayCounts, replay_dead_letters
+from ingest._replay import PAYLOAD_REASONS, ReplayCounts, replay_dead_letters
 from ingest._service import IngestSummary, run_ingest
 
 __all__ = [
+    "PAYLOAD_REASONS",
     "BenchResult",
     "BrokerError",
     "DeadLetterError",

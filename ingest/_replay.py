@@ -36,21 +36,29 @@ from ingest._mqtt import BrokerError
 from wearline.db import connect
 from wearline.settings import MqttSettings, Settings
 
-__all__ = ["ReplayCounts", "replay_dead_letters"]
+__all__ = ["PAYLOAD_REASONS", "ReplayCounts", "replay_dead_letters"]
 
 log = logging.getLogger(__name__)
 
 _NO_MATCHING_SUBSCRIBERS = 0x10
 
 
+PAYLOAD_REASONS = ("not_json", "bad_schema", "non_finite", "bad_topic", "conflict")
+"""Refusals of the payload itself: no registry entry, setting or clock fix changes how ingest judges it again, so a
+replay sends these only when its ``--reason`` names them."""
+
+
 @dataclass
 class ReplayCounts:
     """What a replay did: ``replayed`` acknowledged and marked, ``truncated`` skipped (only part of the payload was
-    kept), ``failed`` refused or unacknowledged (still pending). With ``dry_run`` nothing was sent or marked."""
+    kept), ``failed`` refused or unacknowledged (still pending), ``unfixable`` pending refusals of the payload itself
+    (:data:`PAYLOAD_REASONS`) left alone because the filter did not name their reason. With ``dry_run`` nothing
+    was sent or marked."""
 
     replayed: int = 0
     truncated: int = 0
     failed: int = 0
+    unfixable: int = 0
     dry_run: bool = False
     failures: dict[str, int] | None = None
     stopped: str | None = None
@@ -206,6 +214,16 @@ async def replay_dead_letters(
         if not cols.replayed_at:
             raise DeadLetterError(f"schema {schema!r} cannot mark replayed dead letters yet: run `wearline db migrate`")
         where, args = filt.where(settings.topic_prefix)
+        if not filt.reasons:
+            # Re-sending a payload ingest refused for what it is would only make a new dead letter of it.
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL AND reason = ANY(%s) AND {}"
+                ).format(where),
+                [list(PAYLOAD_REASONS), *args],
+            )
+            counts.unfixable = int((await cur.fetchone() or [0])[0])
+            where = sql.SQL("{} AND reason <> ALL({})").format(where, sql.Literal(list(PAYLOAD_REASONS)))
         # Keyset pages in id order, up to the newest id when the run starts: a replayed payload that ingest
         # refuses again becomes a new dead letter with a higher id, which this run must not send back once more.
         cur = await conn.execute("SELECT coalesce(max(dead_letter_id), 0) FROM dead_letters")

@@ -258,7 +258,7 @@ def dead_letters_replay(
     """
     from dataclasses import replace
 
-    from ingest import DeadLetterError, replay_dead_letters
+    from ingest import PAYLOAD_REASONS, DeadLetterError, replay_dead_letters
 
     settings = settings_of(ctx, needs={"log", "database", "mqtt", "topic_prefix"})
     filt = replace(_filter(reason, gateway, topic, since, until), ids=tuple(id_ or ()))
@@ -268,6 +268,11 @@ def dead_letters_replay(
         )
     counts = run_async(replay_dead_letters(settings, filt, dry_run=dry_run))
     skipped = f"skipped {counts.truncated} (payload truncated when stored: cannot be replayed)"
+    if counts.unfixable:
+        typer.echo(
+            f"left {counts.unfixable} refused for the payload itself ({', '.join(PAYLOAD_REASONS)}): sending them "
+            "again changes nothing; name the reason with --reason to send them anyway"
+        )
     if counts.dry_run:
         typer.echo(
             f"dry run: would replay {counts.replayed} and skip {counts.truncated} (payload truncated when stored); "

@@ -521,3 +521,20 @@ async def test_a_connection_lost_mid_replay_stops_it_and_the_next_replay_sends_t
         await proxy.close()
     assert received == {str(g).encode() for g in range(1, n + 1)}
     assert _query(schema, pending)[0][0] == 0
+
+
+def test_replay_leaves_payload_refusals_alone_unless_their_reason_is_named(schema: str) -> None:
+    settings = make_settings(schema, unique("wlt/"), "native")
+    asyncio.run(migrate(settings.database))
+    topic = f"{settings.topic_prefix}/acme/site1/line1/m1/telemetry"
+    with connect_db(schema) as conn:
+        for reason in ("not_json", "conflict", "bad_schema", "unknown_machine"):
+            conn.execute(
+                "INSERT INTO dead_letters (topic, reason, detail, payload) VALUES (%s, %s, 'x', 'p')", [topic, reason]
+            )
+    everything = _cli(settings, "dead-letters", "replay", "--all", "--dry-run").stdout
+    assert "would replay 1 and skip 0" in everything
+    assert "left 3 refused for the payload itself" in everything
+    named = _cli(settings, "dead-letters", "replay", "--reason", "not_json", "--reason", "bad_schema", "--dry-run")
+    assert "would replay 2 and skip 0" in named.stdout
+    assert "left" not in named.stdout
