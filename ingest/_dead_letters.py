@@ -42,8 +42,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _LEVEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-ORIGINAL_SIZE_COLUMNS = ("payload_size", "original_size", "payload_bytes", "original_bytes", "size_bytes")
-"""Where a schema may record the size a payload had before ingest capped it (the first one present is used)."""
+ORIGINAL_SIZE_COLUMNS = ("original_size",)
+"""Where a schema records the size a payload had before ingest capped it (migration 8; absent before it, when
+payloads were kept whole). The first one present is used."""
 
 
 class DeadLetterError(WearlineError):
