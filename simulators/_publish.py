@@ -75,6 +75,8 @@ async def _connect(stack: contextlib.AsyncExitStack, mqtt: MqttSettings, identif
         tls_context=ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
         if mqtt.tls
         else None,
+        # Also bounds the wait for a PUBACK: a broker silent that long is gone, and the run says so.
+        timeout=mqtt.connect_timeout_s,
     )
     # Waiting messages are counted and logged per episode by PublishBacklog; aiomqtt would warn once per publish.
     client.pending_calls_threshold = sys.maxsize

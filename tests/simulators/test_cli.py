@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -10,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from simulators import TRUTH_COLUMNS, MachineGroup, Scenario, run_load
+from ingest._bench import own_broker
+from simulators import TRUTH_COLUMNS, MachineGroup, PublishError, Scenario, publish_fleet, run_load
 from tests.conftest import TEST_MQTT, make_settings, unique
 from wearline.cli import app
 
@@ -147,3 +150,22 @@ def test_an_accelerated_run_says_which_span_it_covers_and_ends_at_now() -> None:
     assert last.startswith("published 1200 messages (1200 samples) over 600 steps")
     assert "back-pressure: 0 episodes" in last
     assert "pending publish" not in done.stderr
+
+
+async def test_a_broker_lost_mid_run_is_a_publish_error_naming_it() -> None:
+    with own_broker() as (port, proc):
+        settings = make_settings(unique("wlt_"), unique("wlt/"), mqtt={"port": port, "connect_timeout_s": 2})
+        asyncio.get_running_loop().call_later(1.0, proc.terminate)
+        began = time.monotonic()
+        with pytest.raises(PublishError) as caught:
+            await publish_fleet(
+                settings.mqtt,
+                settings.topic_prefix,
+                Scenario(groups=(MachineGroup("centrifugal_pump", 3),)),
+                asyncio.Event(),
+                time_scale=20,
+            )
+        lasted = time.monotonic() - began
+    print(f"lost after {lasted:.1f} s: {caught.value}")
+    assert f"lost the MQTT broker at 127.0.0.1:{port} after " in str(caught.value)
+    assert lasted < 1.0 + 2 * 2 + 2  # the loss, then at most the PUBACK wait (connect_timeout_s) and some slack
