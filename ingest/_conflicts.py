@@ -27,13 +27,9 @@ class Clash:
     kept: float
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A valid message of the batch: its machine id, that machine's sensor positions (1-based) and its samples."""
-
-    machine_id: int
-    sensors: Mapping[str, int]
-    decoded: DecodedMessage
+# A valid message of the batch: its machine id, that machine's sensor positions (1-based) and its samples. A plain
+# tuple: one is built per message on the hot path.
+Entry = tuple[int, Mapping[str, int], DecodedMessage]
 
 
 def conflicts_of(
@@ -50,24 +46,24 @@ def conflicts_of(
     out: dict[int, list[Clash]] = {}
     for idx, clashes in in_batch.items():
         for c in clashes:
-            old = stored.get((entries[idx].machine_id, c.ts_ms))
+            old = stored.get((entries[idx][0], c.ts_ms))
             if old is not None and c.position < len(old) and old[c.position] is not None:
                 continue  # decided against the stored value below
             out.setdefault(idx, []).append(c)
     if not stored:
         return out
     machines = {mid for mid, _ in stored}
-    for idx, entry in enumerate(entries):
-        if entry.machine_id not in machines:
+    for idx, (machine_id, sensors, decoded) in enumerate(entries):
+        if machine_id not in machines:
             continue
-        for sample in entry.decoded.samples:
-            old = stored.get((entry.machine_id, sample.ts_ms))
+        for sample in decoded.samples:
+            old = stored.get((machine_id, sample.ts_ms))
             if old is None:
                 continue
             for name, value in sample.values.items():
                 if value is None:
                     continue
-                pos = entry.sensors[name] - 1
+                pos = sensors[name] - 1
                 kept = old[pos] if pos < len(old) else None
                 if kept is not None and kept != float(value):
                     out.setdefault(idx, []).append(Clash(sample.ts_ms, pos, float(value), kept))
@@ -76,7 +72,7 @@ def conflicts_of(
 
 def describe(entry: Entry, clashes: Sequence[Clash], limit: int = 5) -> str:
     """The dead letter's detail: which sensors, when, the value kept and the value sent."""
-    names = {pos - 1: name for name, pos in entry.sensors.items()}
+    names = {pos - 1: name for name, pos in entry[1].items()}
     parts = [
         f"{names.get(c.position, f'#{c.position + 1}')} at {_iso(c.ts_ms)} kept {c.kept!r} sent {c.sent!r}"
         for c in clashes[:limit]

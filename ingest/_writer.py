@@ -37,18 +37,20 @@ CREATE TEMP TABLE IF NOT EXISTS readings_stage (
     machine_id integer NOT NULL, time timestamptz NOT NULL, vals float8[] NOT NULL
 ) ON COMMIT DELETE ROWS
 """
-# Step one inserts every new row and takes it off the stage: for live data that is the whole batch, and the write
-# costs what a plain upsert did. Rows left on the stage already existed (redeliveries, re-sends, one instant sent
-# in several messages): step two, run only then, fills their NULLs (merge_vals keeps stored values, migration 8)
-# and returns the stored values that the batch disagrees with, read before the update.
+# Step one inserts every new row: for live data that is the whole batch, and the write costs what a plain upsert
+# did. When some rows already existed (redeliveries, re-sends, one instant sent in several messages), step two, run
+# only then, fills their NULLs (merge_vals keeps stored values, migration 8) and returns the stored values that the
+# batch disagrees with, read before the update. Rows step one has just inserted equal their staged values, and so
+# does an identical re-send (the common case: a redelivery): one array comparison rules each out before the
+# per-element functions run.
 _INSERT_NEW = """
 WITH ins AS (
     INSERT INTO readings (machine_id, time, vals)
     SELECT machine_id, time, vals FROM readings_stage
     ON CONFLICT (machine_id, time) DO NOTHING
-    RETURNING machine_id, time
+    RETURNING 1
 )
-DELETE FROM readings_stage s USING ins WHERE s.machine_id = ins.machine_id AND s.time = ins.time
+SELECT count(*) FROM ins
 """
 _MERGE_EXISTING = """
 WITH old AS (
@@ -57,9 +59,11 @@ WITH old AS (
          LATERAL (SELECT vals FROM readings WHERE machine_id = s.machine_id AND time = s.time LIMIT 1) r
 ), upd AS (
     UPDATE readings r SET vals = merge_vals(r.vals, o.new) FROM old o
-    WHERE r.machine_id = o.machine_id AND r.time = o.time AND r.vals IS DISTINCT FROM merge_vals(r.vals, o.new)
+    WHERE r.machine_id = o.machine_id AND r.time = o.time
+      AND r.vals IS DISTINCT FROM o.new AND r.vals IS DISTINCT FROM merge_vals(r.vals, o.new)
 )
-SELECT machine_id, (extract(epoch FROM time) * 1000)::bigint, old FROM old WHERE vals_conflict(old, new)
+SELECT machine_id, (extract(epoch FROM time) * 1000)::bigint, old FROM old
+WHERE old IS DISTINCT FROM new AND vals_conflict(old, new)
 """
 _REFUSAL_TTL_S = 30.0  # a refused machine is not looked up again for this long (a flood would hit the database)
 
@@ -109,7 +113,7 @@ class _Batch:
 
     messages: int = 0
     entries: list[Entry] = field(default_factory=list)
-    sources: list[tuple[Message, str]] = field(default_factory=list)  # per entry: the message and its tenant
+    sources: list[tuple[Message, MachinePath]] = field(default_factory=list)  # per entry: the message and where
     clashes: dict[int, list[Clash]] = field(default_factory=dict)
 
 
@@ -127,8 +131,9 @@ class BatchWriter:
         # the metrics) within seconds rather than the pool's default 30 s.
         self._wait_s = settings.database.connect_timeout_s
         ing = settings.ingest
-        self._machines: LruCache[MachinePath, _Machine] = LruCache(ing.machine_cache_size)
-        self._refused: LruCache[MachinePath, tuple[float, str, str]] = LruCache(ing.machine_cache_size)
+        # Keyed by topic, whose hash the string caches: a cached machine's topic is not parsed again.
+        self._machines: LruCache[str, tuple[_Machine, MachinePath]] = LruCache(ing.machine_cache_size)
+        self._refused: LruCache[str, tuple[float, str, str]] = LruCache(ing.machine_cache_size)
         metrics.machine_cache.set_function(lambda: len(self._machines))
         self._partition_days: set[date] = set()
         self._limiter = DeadLetterLimiter(
@@ -256,19 +261,21 @@ class BatchWriter:
             )
             machine.sensors.update({name: nxt + k for k, name in enumerate(new)})
 
-    async def _resolve(self, path: MachinePath, decoded: DecodedMessage) -> _Machine:
-        machine = self._machines.get(path)
+    async def _resolve(
+        self, topic: str, path: MachinePath, machine: _Machine | None, decoded: DecodedMessage
+    ) -> _Machine:
+        """The machine of ``path`` (``machine``: the cached one, if any) with every sensor of ``decoded``."""
         names = {n for s in decoded.samples for n in s.values}
         if machine is not None and names <= machine.sensors.keys():
             return machine
         ing = self._settings.ingest
         if machine is None:
-            refused = self._refused.get(path)
+            refused = self._refused.get(topic)
             if refused is not None:
                 until, kind, detail = refused
                 if time.monotonic() < until:
                     raise (RegistryLimit if kind == "limit" else UnknownMachine)(detail)
-                self._refused.pop(path)
+                self._refused.pop(topic)
         else:
             missing = names - machine.sensors.keys()
             if ing.auto_register and len(machine.sensors) + len(missing) > ing.max_sensors_per_machine:
@@ -279,14 +286,14 @@ class BatchWriter:
                 if machine is None:
                     if not ing.auto_register:
                         detail = f"machine {path} is not registered and ingest.auto_register is off"
-                        self._refused.put(path, (time.monotonic() + _REFUSAL_TTL_S, "unknown", detail))
+                        self._refused.put(topic, (time.monotonic() + _REFUSAL_TTL_S, "unknown", detail))
                         raise UnknownMachine(detail)
                     try:
                         machine = await self._register(conn, path, decoded.machine_type)
                     except RegistryLimit as exc:
-                        self._refused.put(path, (time.monotonic() + _REFUSAL_TTL_S, "limit", str(exc)))
+                        self._refused.put(topic, (time.monotonic() + _REFUSAL_TTL_S, "limit", str(exc)))
                         raise
-                self._machines.put(path, machine)
+                self._machines.put(topic, (machine, path))
             missing = names - machine.sensors.keys()
             if missing:
                 if not ing.auto_register:
@@ -308,9 +315,12 @@ class BatchWriter:
         stamps: list[int] = []
         info = self._batch = _Batch(messages=len(batch))
         received = 0
+        machines = self._machines
+        prefix = self._settings.topic_prefix
         for msg in batch:
             try:
-                path = parse_telemetry_topic(self._settings.topic_prefix, msg.topic)
+                hit = machines.get(msg.topic)
+                path = parse_telemetry_topic(prefix, msg.topic) if hit is None else hit[1]
                 decoded = decode_message(
                     msg.payload,
                     now_ms=now_ms,
@@ -318,7 +328,7 @@ class BatchWriter:
                     max_future_ms=int(ing.max_future_s * 1000),
                     max_past_ms=int(ing.max_past_days * 86_400_000),
                 )
-                machine = await self._resolve(path, decoded)
+                machine = await self._resolve(msg.topic, path, None if hit is None else hit[0], decoded)
             except TopicError as exc:
                 dead.append(DeadLetter(msg.topic, msg.payload, Reason.BAD_TOPIC, str(exc)))
                 continue
@@ -333,8 +343,8 @@ class BatchWriter:
                 continue
             index = len(info.entries)
             sensors = machine.sensors
-            info.entries.append(Entry(machine.machine_id, sensors, decoded))
-            info.sources.append((msg, path.tenant))
+            info.entries.append((machine.machine_id, sensors, decoded))
+            info.sources.append((msg, path))
             width = len(sensors)
             for sample in decoded.samples:
                 key = (machine.machine_id, sample.ts_ms)
@@ -380,9 +390,9 @@ class BatchWriter:
                     copy.set_types(["int4", "timestamptz", "float8[]"])
                     for (machine_id, ms), vals in rows.items():
                         await copy.write_row((machine_id, ms_to_datetime(ms), vals))
-                        readings += sum(v is not None for v in vals)
-                cur = await conn.execute(_INSERT_NEW)
-                existing = [] if cur.rowcount == len(rows) else await (await conn.execute(_MERGE_EXISTING)).fetchall()
+                        readings += len(vals) - vals.count(None)
+                inserted = await (await conn.execute(_INSERT_NEW)).fetchone()
+                existing = [] if inserted == (len(rows),) else await (await conn.execute(_MERGE_EXISTING)).fetchall()
                 for machine_id, ms, old in existing:
                     staged = rows[(machine_id, ms)]
                     lost = sum(o is not None and s is not None and o != s for o, s in zip(old, staged, strict=False))
@@ -407,6 +417,7 @@ class BatchWriter:
         for d, ok in zip(dead, allowed, strict=True):
             if not ok:
                 self._metrics.dead_letters_unstored.labels(d.reason).inc()
+        self._batch = _Batch()  # its decoded messages are no longer needed
         self.surge.record(
             info.messages, ((d.reason, d.topic, d.detail, ok) for d, ok in zip(dead, allowed, strict=True))
         )
@@ -417,9 +428,9 @@ class BatchWriter:
         """A ``conflict`` dead letter, with its tenant, for each message that disagreed with the value kept."""
         out = []
         for idx, clashes in sorted(conflicts_of(info.entries, info.clashes, stored).items()):
-            msg, tenant = info.sources[idx]
+            msg, path = info.sources[idx]
             detail = describe(info.entries[idx], clashes)
-            out.append((DeadLetter(msg.topic, msg.payload, Reason.CONFLICT, detail), tenant))
+            out.append((DeadLetter(msg.topic, msg.payload, Reason.CONFLICT, detail), path.tenant))
         return out
 
 
