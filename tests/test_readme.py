@@ -11,6 +11,7 @@ import csv
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import simulators
 from tests.conftest import TEST_DSN, TEST_MQTT, drop_schema, unique
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,11 @@ SHORTER = {
     "bench simulate": ["--duration", "1", "--machines", "200"],
     "bench analytics": ["--machines", "50", "--rows", "2000", "--history", "20"],
     "bench layout": ["--samples", "1000"],
+    # The plant's last hour at x600 (six seconds), then stop, instead of an hour in a minute, then real time.
+    "simulate --scenario": ["--time-scale", "600", "--steps", "3600"],
 }
+# The live block's long-running stages: started in the background, as a user does in other terminals or with &.
+STAGES = {"ingest", "analytics", "alerts"}
 
 
 def sh_blocks() -> list[list[str]]:
@@ -83,10 +89,14 @@ def env() -> Iterator[dict[str, str]]:
     drop_schema(schema)
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> str:
-    # The README's paths are relative to the checkout (deploy/...); its outputs go to the test's folder.
+def see_deploy(cwd: Path) -> None:
+    """The README's paths are relative to the checkout (deploy/...); its outputs go to the test's folder."""
     if not (cwd / "deploy").exists():
         (cwd / "deploy").symlink_to(ROOT / "deploy")
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> str:
+    see_deploy(cwd)
     started = time.monotonic()
     done = subprocess.run(
         [WEARLINE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
@@ -148,6 +158,63 @@ def test_benchmark_block_runs_as_written(env: dict[str, str], tmp_path: Path) ->
     for line in lines:
         out = run(wearline_args(line, tmp_path), env, tmp_path, timeout=300)
         assert out.splitlines()[-1].startswith("{"), f"{line} ends with its JSON line"
+
+
+def _wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert proc.poll() is None, f"exited {proc.returncode} before {text!r}: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout_s} s: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+
+
+def test_live_block_runs_as_written_and_the_faulty_pump_gets_its_ticket(env: dict[str, str], tmp_path: Path) -> None:
+    """Issue 10, item 2: the README's live example put 94 % of messages in ts_future dead letters and raised no
+    ticket. Its lines run here as written: the stages in the background, the plant's hour at x600, then the
+    tickets, polled as a user would re-run the command."""
+    lines = block_with(".venv/bin/wearline db migrate")
+    see_deploy(tmp_path)
+    stages: dict[str, subprocess.Popen[bytes]] = {}
+    logs: dict[str, Path] = {}
+    scenario = None
+    try:
+        for line in lines:
+            args = wearline_args(line, tmp_path)
+            if args[0] in STAGES:
+                logs[args[0]] = tmp_path / f"{args[0]}.log"
+                with logs[args[0]].open("wb") as out:
+                    stages[args[0]] = subprocess.Popen(
+                        [WEARLINE, *args], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+                    )
+                if args[0] == "ingest":
+                    # A user starts ingest first and it subscribes within a second; the test waits for it.
+                    _wait_for_line(logs["ingest"], "subscribed to", stages["ingest"], 30)
+                continue
+            if args[0] == "simulate":
+                scenario = simulators.load_scenario(tmp_path / args[args.index("--scenario") + 1])
+                run(args, env, tmp_path)
+                continue
+            if args[:2] == ["tickets", "list"]:
+                deadline = time.monotonic() + 60
+                while "pump-002" not in (out := run(args, env, tmp_path)) and time.monotonic() < deadline:
+                    time.sleep(1)
+                print(out)
+                assert "pump-002" in out, "the pump with the injected bearing wear has a ticket"
+                continue
+            run(args, env, tmp_path)
+        assert set(stages) == STAGES, "the README starts every stage"
+    finally:
+        for proc in stages.values():
+            proc.send_signal(signal.SIGTERM)
+        codes = {name: proc.wait(timeout=30) for name, proc in stages.items()}
+    assert codes == dict.fromkeys(STAGES, 0), {n: logs[n].read_text()[-1500:] for n in STAGES if codes.get(n)}
+    assert scenario is not None, "the README's block simulates the plant"
+    with psycopg.connect(TEST_DSN, options=f"-c search_path={env['WEARLINE_DATABASE__SCHEMA']}") as conn:
+        readings = conn.execute("SELECT count(*) FROM readings").fetchone()
+        dead = conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason").fetchall()
+    print(f"readings {readings}; dead letters {dead}")
+    assert dead == [], "no sample is stamped ahead of the wall clock, so none is a ts_future dead letter"
+    assert readings == (scenario.machines * 3600,), "every sample of the plant's hour is one reading"
 
 
 def test_every_readme_command_is_run_somewhere() -> None:
