@@ -66,6 +66,9 @@ SELECT machine_id, (extract(epoch FROM time) * 1000)::bigint, old FROM old
 WHERE old IS DISTINCT FROM new AND vals_conflict(old, new)
 """
 _REFUSAL_TTL_S = 30.0  # a refused machine is not looked up again for this long (a flood would hit the database)
+# ...unless a machine was registered meanwhile (looked for at most this often): an operator who registers a
+# refused machine and replays its dead letters must not meet the stale refusal.
+_REGISTRY_CHECK_S = 0.5
 
 Rows = dict[tuple[int, int], list[float | None]]
 
@@ -134,6 +137,8 @@ class BatchWriter:
         # Keyed by topic, whose hash the string caches: a cached machine's topic is not parsed again.
         self._machines: LruCache[str, tuple[_Machine, MachinePath]] = LruCache(ing.machine_cache_size)
         self._refused: LruCache[str, tuple[float, str, str]] = LruCache(ing.machine_cache_size)
+        self._registry_mark: int | None = None  # the newest machine_id when the cached refusals were made
+        self._registry_checked = 0.0
         metrics.machine_cache.set_function(lambda: len(self._machines))
         self._partition_days: set[date] = set()
         self._limiter = DeadLetterLimiter(
@@ -261,6 +266,20 @@ class BatchWriter:
             )
             machine.sensors.update({name: nxt + k for k, name in enumerate(new)})
 
+    async def _registry_grew(self) -> bool:
+        """Whether a machine was registered since the cached refusals were made; if so they are forgotten."""
+        now = time.monotonic()
+        if self._registry_mark is None or now - self._registry_checked < _REGISTRY_CHECK_S:
+            return False
+        self._registry_checked = now
+        async with self._pool.connection(timeout=self._wait_s) as conn:
+            newest = await _newest_machine(conn)
+        if newest == self._registry_mark:
+            return False
+        self._refused = LruCache(self._settings.ingest.machine_cache_size)
+        self._registry_mark = None
+        return True
+
     async def _resolve(
         self, topic: str, path: MachinePath, machine: _Machine | None, decoded: DecodedMessage
     ) -> _Machine:
@@ -273,7 +292,7 @@ class BatchWriter:
             refused = self._refused.get(topic)
             if refused is not None:
                 until, kind, detail = refused
-                if time.monotonic() < until:
+                if time.monotonic() < until and not (kind == "unknown" and await self._registry_grew()):
                     raise (RegistryLimit if kind == "limit" else UnknownMachine)(detail)
                 self._refused.pop(topic)
         else:
@@ -286,6 +305,8 @@ class BatchWriter:
                 if machine is None:
                     if not ing.auto_register:
                         detail = f"machine {path} is not registered and ingest.auto_register is off"
+                        if self._registry_mark is None:
+                            self._registry_mark = await _newest_machine(conn)
                         self._refused.put(topic, (time.monotonic() + _REFUSAL_TTL_S, "unknown", detail))
                         raise UnknownMachine(detail)
                     try:
@@ -440,3 +461,9 @@ def _sensor_limit(path: MachinePath, have: int, new: Iterable[str], limit: int) 
         f"machine {path} has {have} sensors; {len(new)} new ({', '.join(new[:3])}{', ...' if len(new) > 3 else ''}) "
         f"would pass ingest.max_sensors_per_machine ({limit})"
     )
+
+
+async def _newest_machine(conn: psycopg.AsyncConnection[Any]) -> int:
+    cur = await conn.execute("SELECT coalesce(max(machine_id), 0) FROM machines")
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
