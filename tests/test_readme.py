@@ -182,9 +182,9 @@ def test_live_block_runs_as_written_and_the_faulty_pump_gets_its_ticket(env: dic
             args = wearline_args(line, tmp_path)
             if args[0] in STAGES:
                 logs[args[0]] = tmp_path / f"{args[0]}.log"
-                with logs[args[0]].open("wb") as out:
+                with logs[args[0]].open("wb") as log:
                     stages[args[0]] = subprocess.Popen(
-                        [WEARLINE, *args], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+                        [WEARLINE, *args], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
                     )
                 if args[0] == "ingest":
                     # A user starts ingest first and it subscribes within a second; the test waits for it.
