@@ -1,18 +1,28 @@
-"""Deduplicating anomalies into service tickets: one live ticket per machine and reason."""
+"""Evidence into tickets (anomalies, remaining-life estimates) and tickets out to people (lists, one ticket's
+history): one live ticket per machine and reason."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
-from psycopg.types.json import Jsonb
 
-__all__ = ["LIVE_STATUSES", "Ticket", "list_tickets", "priority_for", "process_anomalies"]
+from alerts._lifecycle import LIVE_STATUSES, Evidence, TicketError, file_evidence, team_for
+from wearline.settings import AlertsSettings
 
-LIVE_STATUSES = ("open", "acknowledged", "in_progress")
+__all__ = [
+    "Ticket",
+    "TicketEvent",
+    "list_tickets",
+    "priority_for",
+    "priority_for_rul",
+    "process_anomalies",
+    "process_rul",
+    "ticket_history",
+]
 
 
 @dataclass
@@ -21,6 +31,7 @@ class Ticket:
     tenant: str
     machine: str
     reason: str
+    kind: str
     priority: int
     status: str
     title: str
@@ -28,7 +39,22 @@ class Ticket:
     first_seen: datetime
     last_seen: datetime
     opened_at: datetime
+    due_at: datetime | None
+    team: str | None
+    assignee: str | None
+    escalation_level: int
+    reopened: int
+    external_id: str
     details: dict[str, Any]
+
+
+@dataclass
+class TicketEvent:
+    at: datetime
+    kind: str
+    actor: str
+    why: str
+    data: dict[str, Any]
 
 
 def priority_for(score: float, threshold: float) -> int:
@@ -43,82 +69,140 @@ def priority_for(score: float, threshold: float) -> int:
     return 4
 
 
-async def process_anomalies(conn: psycopg.AsyncConnection[Any], limit: int = 500) -> tuple[int, int]:
-    """Fold unhandled anomalies into tickets; returns (tickets opened, anomalies handled).
+def priority_for_rul(lower_h: float, horizon_h: float) -> int:
+    """1 (urgent) to 4 (low): how soon the machine may fail, by the pessimistic end of its interval."""
+    share = lower_h / horizon_h
+    if share <= 0.125:
+        return 1
+    if share <= 0.25:
+        return 2
+    if share <= 0.5:
+        return 3
+    return 4
+
+
+_MACHINE_PATH = """JOIN machines m USING (machine_id)
+               JOIN lines l USING (line_id) JOIN sites s USING (site_id) JOIN tenants t ON t.tenant_id = s.tenant_id"""
+
+
+async def process_anomalies(
+    conn: psycopg.AsyncConnection[Any], settings: AlertsSettings, *, now: datetime | None = None, limit: int = 500
+) -> tuple[int, int]:
+    """Fold unhandled anomalies into tickets; returns (tickets opened or reopened, anomalies handled).
 
     Rows are claimed with SKIP LOCKED, so several alert workers can run side by side.
     """
     opened = handled = 0
     async with conn.transaction():
+        now = now or await _now(conn)
         cur = await conn.execute(
-            """SELECT a.anomaly_id, a.machine_id, m.tenant_id, a.time, a.detector, a.score, a.threshold, a.sensors,
-                      t.name || '/' || s.name || '/' || l.name || '/' || m.name
-               FROM anomalies a
-               JOIN machines m USING (machine_id)
-               JOIN lines l USING (line_id) JOIN sites s USING (site_id) JOIN tenants t ON t.tenant_id = s.tenant_id
-               WHERE a.handled_at IS NULL
-               ORDER BY a.anomaly_id
-               LIMIT %s
-               FOR UPDATE OF a SKIP LOCKED""",
+            f"""SELECT a.anomaly_id, a.machine_id, m.tenant_id, a.time, a.detector, a.score, a.threshold, a.sensors,
+                       t.name, s.name, l.name, m.name
+                FROM anomalies a
+                {_MACHINE_PATH}
+                WHERE a.handled_at IS NULL
+                ORDER BY a.anomaly_id
+                LIMIT %s
+                FOR UPDATE OF a SKIP LOCKED""",
             [limit],
         )
-        for (
-            anomaly_id,
-            machine_id,
-            tenant_id,
-            at,
-            detector,
-            score,
-            threshold,
-            sensors,
-            path,
-        ) in await cur.fetchall():
-            reason = "anomaly"
-            priority = priority_for(score, threshold)
-            title = f"Abnormal {', '.join(sensors[:3]) or 'behaviour'} on {path}"
+        for anomaly_id, machine_id, tenant_id, at, detector, score, threshold, sensors, *path in await cur.fetchall():
             details = {
+                "anomaly_id": anomaly_id,
                 "detector": detector,
                 "score": round(score, 2),
                 "threshold": threshold,
                 "sensors": sensors,
             }
-            tcur = await conn.execute(
-                """INSERT INTO tickets (tenant_id, machine_id, reason, priority, title, details, first_seen, last_seen)
-                   VALUES (%(tenant)s, %(machine)s, %(reason)s, %(priority)s, %(title)s, %(details)s, %(at)s, %(at)s)
-                   ON CONFLICT (machine_id, reason) WHERE status IN ('open', 'acknowledged', 'in_progress')
-                   DO UPDATE SET occurrences = tickets.occurrences + 1,
-                                 last_seen = greatest(tickets.last_seen, excluded.last_seen),
-                                 priority = least(tickets.priority, excluded.priority),
-                                 updated_at = now()
-                   RETURNING ticket_id, (xmax = 0) AS inserted""",
-                {
-                    "tenant": tenant_id,
-                    "machine": machine_id,
-                    "reason": reason,
-                    "priority": priority,
-                    "title": title,
-                    "details": Jsonb(details),
-                    "at": at,
-                },
+            ev = Evidence(
+                machine_id=machine_id,
+                tenant_id=tenant_id,
+                reason="anomaly",
+                kind="corrective",
+                at=at,
+                priority=priority_for(score, threshold),
+                title=f"Abnormal {', '.join(sensors[:3]) or 'behaviour'} on {'/'.join(path)}",
+                details=details,
+                team=team_for(settings.teams, *path[:3]),
             )
-            row = await tcur.fetchone()
-            assert row is not None
-            ticket_id, inserted = row
+            filed = await file_evidence(conn, ev, settings, now=now)
             await conn.execute(
-                "INSERT INTO ticket_events (ticket_id, kind, data) VALUES (%s, %s, %s)",
-                [
-                    ticket_id,
-                    "opened" if inserted else "occurrence",
-                    Jsonb({"anomaly_id": anomaly_id, **details}),
-                ],
+                "UPDATE anomalies SET handled_at = %s, ticket_id = %s WHERE anomaly_id = %s",
+                [now, filed.ticket_id, anomaly_id],
             )
-            await conn.execute(
-                "UPDATE anomalies SET handled_at = now(), ticket_id = %s WHERE anomaly_id = %s",
-                [ticket_id, anomaly_id],
-            )
-            opened += int(inserted)
+            opened += int(filed.action != "appended")
             handled += 1
     return opened, handled
+
+
+async def process_rul(
+    conn: psycopg.AsyncConnection[Any], settings: AlertsSettings, *, now: datetime | None = None, limit: int = 500
+) -> tuple[int, int]:
+    """Turn remaining-life estimates whose interval's lower bound is under ``rul_horizon_h`` into predictive
+    tickets, due at the pessimistic failure time; returns (tickets opened or reopened, estimates handled)."""
+    opened = handled = 0
+    async with conn.transaction():
+        now = now or await _now(conn)
+        cur = await conn.execute(
+            f"""SELECT r.machine_id, m.tenant_id, r.time, r.model, r.model_version, r.rul_hours, r.lower_hours,
+                       r.upper_hours, t.name, s.name, l.name, m.name
+                FROM rul_estimates r
+                {_MACHINE_PATH}
+                WHERE r.handled_at IS NULL
+                ORDER BY r.time
+                LIMIT %s
+                FOR UPDATE OF r SKIP LOCKED""",
+            [limit],
+        )
+        rows = await cur.fetchall()
+        for machine_id, tenant_id, at, model, version, rul, lower, upper, *path in rows:
+            handled += 1
+            if lower >= settings.rul_horizon_h:
+                continue
+            ev = Evidence(
+                machine_id=machine_id,
+                tenant_id=tenant_id,
+                reason="remaining_life",
+                kind="predictive",
+                at=at,
+                priority=priority_for_rul(lower, settings.rul_horizon_h),
+                title=f"Predicted failure of {'/'.join(path)} in {lower:.0f}-{upper:.0f} h (best estimate {rul:.0f} h)",
+                details={
+                    "model": model,
+                    "model_version": version,
+                    "rul_hours": round(rul, 1),
+                    "lower_hours": round(lower, 1),
+                    "upper_hours": round(upper, 1),
+                },
+                due_at=at + timedelta(hours=lower),
+                team=team_for(settings.teams, *path[:3]),
+            )
+            filed = await file_evidence(conn, ev, settings, now=now)
+            opened += int(filed.action != "appended")
+        if rows:
+            await conn.execute(
+                "UPDATE rul_estimates SET handled_at = %s WHERE (machine_id, time, model) IN "
+                "(SELECT * FROM unnest(%s::int[], %s::timestamptz[], %s::text[]))",
+                [now, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows]],
+            )
+    return opened, handled
+
+
+async def _now(conn: psycopg.AsyncConnection[Any]) -> datetime:
+    # The database's clock, so every process stamps tickets from one clock.
+    cur = await conn.execute("SELECT now()")
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+_TICKET_COLUMNS = """k.ticket_id, t.name AS tenant, s.name || '/' || l.name || '/' || m.name AS machine, k.reason,
+                  k.kind, k.priority, k.status, k.title, k.occurrences, k.first_seen, k.last_seen, k.opened_at,
+                  k.due_at, k.team, k.assignee, k.escalation_level, k.reopened, k.external_id, k.details
+           FROM tickets k
+           JOIN tenants t ON t.tenant_id = k.tenant_id
+           JOIN machines m ON m.machine_id = k.machine_id
+           JOIN lines l ON l.line_id = m.line_id JOIN sites s ON s.site_id = l.site_id"""
 
 
 async def list_tickets(
@@ -127,15 +211,25 @@ async def list_tickets(
     """Tickets, most urgent first."""
     cur = conn.cursor(row_factory=class_row(Ticket))
     await cur.execute(
-        """SELECT k.ticket_id, t.name AS tenant, s.name || '/' || l.name || '/' || m.name AS machine, k.reason,
-                  k.priority, k.status, k.title, k.occurrences, k.first_seen, k.last_seen, k.opened_at, k.details
-           FROM tickets k
-           JOIN tenants t ON t.tenant_id = k.tenant_id
-           JOIN machines m ON m.machine_id = k.machine_id
-           JOIN lines l ON l.line_id = m.line_id JOIN sites s ON s.site_id = l.site_id
+        f"""SELECT {_TICKET_COLUMNS}
            WHERE (%(tenant)s::text IS NULL OR t.name = %(tenant)s)
-             AND (NOT %(live)s OR k.status IN ('open', 'acknowledged', 'in_progress'))
+             AND (NOT %(live)s OR k.status = ANY(%(statuses)s))
            ORDER BY k.priority, k.opened_at""",
-        {"tenant": tenant, "live": live_only},
+        {"tenant": tenant, "live": live_only, "statuses": list(LIVE_STATUSES)},
     )
     return await cur.fetchall()
+
+
+async def ticket_history(conn: psycopg.AsyncConnection[Any], ticket_id: int) -> tuple[Ticket, list[TicketEvent]]:
+    """One ticket and every event of its life, oldest first."""
+    cur = conn.cursor(row_factory=class_row(Ticket))
+    await cur.execute(f"SELECT {_TICKET_COLUMNS} WHERE k.ticket_id = %s", [ticket_id])
+    ticket = await cur.fetchone()
+    if ticket is None:
+        raise TicketError(f"no ticket #{ticket_id}")
+    ecur = conn.cursor(row_factory=class_row(TicketEvent))
+    await ecur.execute(
+        "SELECT at, kind, actor, why, data FROM ticket_events WHERE ticket_id = %s ORDER BY at, event_id",
+        [ticket_id],
+    )
+    return ticket, await ecur.fetchall()

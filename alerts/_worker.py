@@ -1,4 +1,5 @@
-"""The alerts worker: turn new anomalies into tickets every poll interval."""
+"""The alerts worker: every poll interval, fold new anomalies and remaining-life estimates into tickets, escalate
+what nobody acknowledged and resolve what has cleared."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from alerts._tickets import process_anomalies
+from alerts._lifecycle import LIVE_STATUSES, escalate_unacknowledged, resolve_cleared
+from alerts._tickets import _now, process_anomalies, process_rul
 from wearline.db import open_pool
-from wearline.settings import Settings
+from wearline.settings import AlertsSettings, Settings
 
 __all__ = ["AlertsSummary", "run_alerts"]
 
@@ -23,40 +26,106 @@ log = logging.getLogger(__name__)
 class AlertsSummary:
     tickets_opened: int = 0
     anomalies_handled: int = 0
+    estimates_handled: int = 0
+    escalations: int = 0
+    auto_resolved: int = 0
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.opened = Counter(
+            "wearline_alerts_tickets_opened_total", "Service tickets opened or reopened.", registry=registry
+        )
+        self.handled = Counter(
+            "wearline_alerts_anomalies_handled_total", "Anomalies folded into tickets.", registry=registry
+        )
+        self.estimates = Counter(
+            "wearline_alerts_rul_estimates_handled_total",
+            "Remaining-life estimates examined (those under the horizon become ticket evidence).",
+            registry=registry,
+        )
+        self.escalations = Counter(
+            "wearline_alerts_escalations_total",
+            "Open tickets escalated for want of acknowledgement.",
+            registry=registry,
+        )
+        self.auto_resolved = Counter(
+            "wearline_alerts_auto_resolved_total",
+            "Live tickets resolved because their condition cleared.",
+            registry=registry,
+        )
+        self.live = Gauge(
+            "wearline_alerts_live_tickets",
+            "Live (open, acknowledged, in progress) tickets by priority.",
+            ["priority"],
+            registry=registry,
+        )
+        for p in range(1, 5):
+            self.live.labels(str(p))  # every priority reads 0, not absent, before its first ticket
+
+
+async def alerts_pass(conn: psycopg.AsyncConnection[Any], settings: AlertsSettings) -> AlertsSummary:
+    """One pass over new evidence, then the lifecycle's clock-driven changes."""
+    opened_a, anomalies = await process_anomalies(conn, settings)
+    opened_r, estimates = await process_rul(conn, settings)
+    async with conn.transaction():
+        now = await _now(conn)
+        escalated = await escalate_unacknowledged(conn, settings, now=now)
+        resolved = await resolve_cleared(conn, settings, now=now)
+    for ticket_id, level, notify in escalated:
+        log.warning("ticket #%d escalated to level %d: notify %s", ticket_id, level, notify)
+    if resolved:
+        log.info("resolved %d ticket(s) whose condition cleared: %s", len(resolved), resolved)
+    return AlertsSummary(opened_a + opened_r, anomalies, estimates, len(escalated), len(resolved))
 
 
 async def run_alerts(
     settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY
 ) -> AlertsSummary:
-    """Process anomalies until ``stop`` is set."""
-    opened_total = Counter("wearline_alerts_tickets_opened_total", "Service tickets opened.", registry=registry)
-    handled_total = Counter(
-        "wearline_alerts_anomalies_handled_total", "Anomalies folded into tickets.", registry=registry
-    )
-    summary = AlertsSummary()
+    """Process evidence and the ticket lifecycle until ``stop`` is set."""
+    metrics = _Metrics(registry)
+    total = AlertsSummary()
     pool = await open_pool(settings.database, name="alerts")
     try:
         while not stop.is_set():
             try:
                 async with pool.connection() as conn:
-                    opened, handled = await process_anomalies(conn)
+                    done = await alerts_pass(conn, settings.alerts)
+                    cur = await conn.execute(
+                        "SELECT priority, count(*) FROM tickets WHERE status = ANY(%s) GROUP BY priority",
+                        [list(LIVE_STATUSES)],
+                    )
+                    live: dict[int, int] | None = dict(await cur.fetchall())
             except psycopg.OperationalError as exc:
                 log.warning("database unavailable, retrying: %s", exc)
-                opened = handled = 0
-            if opened:
-                log.info("opened %d ticket(s)", opened)
-            opened_total.inc(opened)
-            handled_total.inc(handled)
-            summary.tickets_opened += opened
-            summary.anomalies_handled += handled
-            if handled == 0:
+                done, live = AlertsSummary(), None
+            if done.tickets_opened:
+                log.info("opened %d ticket(s)", done.tickets_opened)
+            metrics.opened.inc(done.tickets_opened)
+            metrics.handled.inc(done.anomalies_handled)
+            metrics.estimates.inc(done.estimates_handled)
+            metrics.escalations.inc(done.escalations)
+            metrics.auto_resolved.inc(done.auto_resolved)
+            if live is not None:
+                for p in range(1, 5):
+                    metrics.live.labels(str(p)).set(live.get(p, 0))
+            total.tickets_opened += done.tickets_opened
+            total.anomalies_handled += done.anomalies_handled
+            total.estimates_handled += done.estimates_handled
+            total.escalations += done.escalations
+            total.auto_resolved += done.auto_resolved
+            if done.anomalies_handled == 0 and done.estimates_handled == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), settings.alerts.poll_interval_s)
     finally:
         await pool.close()
         log.info(
-            "alerts stopped: %d tickets opened, %d anomalies handled",
-            summary.tickets_opened,
-            summary.anomalies_handled,
+            "alerts stopped: %d tickets opened, %d anomalies and %d estimates handled, %d escalations, "
+            "%d resolved as cleared",
+            total.tickets_opened,
+            total.anomalies_handled,
+            total.estimates_handled,
+            total.escalations,
+            total.auto_resolved,
         )
-    return summary
+    return total

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import getpass
+from typing import Annotated, Any
 
 import typer
 
@@ -56,5 +57,133 @@ def tickets_list(
                 f"#{t.ticket_id} P{t.priority} {t.status:<12} {t.tenant}/{t.machine}  {t.title}  "
                 f"(x{t.occurrences}, since {t.first_seen:%Y-%m-%d %H:%M:%S})"
             )
+
+    run_async(show())
+
+
+TicketId = Annotated[int, typer.Argument(help="The ticket's number (#N in `tickets list`).", min=1)]
+By = Annotated[str | None, typer.Option("--by", help="Who does it, for the ticket's history (default: your login).")]
+Why = Annotated[str, typer.Option("--why", help="Why, for the ticket's history.")]
+
+
+def _act(ctx: typer.Context, ticket_id: int, action: Any, done: str) -> None:
+    """Run one lifecycle action on a ticket in a transaction and say what happened."""
+    import psycopg
+
+    from wearline.db import connect
+    from wearline.errors import WearlineError
+
+    settings = settings_of(ctx)
+    schema = settings.database.schema_name
+
+    async def run() -> None:
+        async with await connect(settings.database) as conn:
+            try:
+                async with conn.transaction():
+                    cur = await conn.execute("SELECT now()")
+                    row = await cur.fetchone()
+                    assert row is not None
+                    await action(conn, row[0])
+            except psycopg.errors.UndefinedTable as exc:
+                raise WearlineError(f"schema {schema} has no tickets table: run `wearline db migrate`") from exc
+            except psycopg.errors.UndefinedColumn as exc:
+                raise WearlineError(f"schema {schema} predates ticket lifecycles: run `wearline db migrate`") from exc
+
+    run_async(run())
+    typer.echo(f"#{ticket_id} {done}")
+
+
+def _actor(by: str | None) -> str:
+    return by or getpass.getuser()
+
+
+def _status_command(name: str, to: str, summary: str) -> None:
+    def command(ctx: typer.Context, ticket_id: TicketId, by: By = None, why: Why = "") -> None:
+        from alerts import set_status
+
+        async def action(conn: Any, now: Any) -> None:
+            await set_status(conn, ticket_id, to, actor=_actor(by), why=why, now=now)  # type: ignore[arg-type]
+
+        _act(ctx, ticket_id, action, f"{to.replace('_', ' ')}")
+
+    command.__doc__ = summary
+    tickets_app.command(name)(command)
+
+
+_status_command("ack", "acknowledged", "Acknowledge a ticket: someone has seen it (stops its escalation).")
+_status_command("start", "in_progress", "Mark a ticket in progress: work on it has begun.")
+_status_command("resolve", "resolved", "Resolve a ticket: the problem is fixed (new evidence soon after reopens it).")
+_status_command("close", "closed", "Close a resolved ticket: the repair is verified (final).")
+_status_command("reopen", "open", "Reopen a resolved ticket.")
+
+
+@tickets_app.command("assign")
+def tickets_assign(
+    ctx: typer.Context,
+    ticket_id: TicketId,
+    team: Annotated[str | None, typer.Option(help="The team that owns it.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="The person who does it.")] = None,
+    by: By = None,
+    why: Why = "",
+) -> None:
+    """Assign a ticket to a team and/or a person."""
+    from alerts import assign
+    from wearline.errors import WearlineError
+
+    if team is None and to is None:
+        raise WearlineError("tickets assign needs --team, --to or both")
+
+    async def action(conn: Any, now: Any) -> None:
+        await assign(conn, ticket_id, team=team, assignee=to, actor=_actor(by), why=why, now=now)
+
+    _act(ctx, ticket_id, action, "assigned to " + " / ".join(x for x in (team, to) if x))
+
+
+@tickets_app.command("comment")
+def tickets_comment(
+    ctx: typer.Context,
+    ticket_id: TicketId,
+    text: Annotated[str, typer.Argument(help="The note.")],
+    by: By = None,
+) -> None:
+    """Add a note to a ticket's history."""
+    from alerts import comment
+
+    async def action(conn: Any, now: Any) -> None:
+        await comment(conn, ticket_id, text, actor=_actor(by), now=now)
+
+    _act(ctx, ticket_id, action, "commented")
+
+
+@tickets_app.command("show")
+def tickets_show(ctx: typer.Context, ticket_id: TicketId) -> None:
+    """One ticket as a work order, with its whole history (who, when, why)."""
+    import psycopg
+
+    from alerts import ticket_history
+    from wearline.db import connect
+    from wearline.errors import WearlineError
+
+    settings = settings_of(ctx)
+    schema = settings.database.schema_name
+
+    async def show() -> None:
+        async with await connect(settings.database) as conn:
+            try:
+                t, events = await ticket_history(conn, ticket_id)
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+                raise WearlineError(f"schema {schema} lacks ticket lifecycles: run `wearline db migrate`") from exc
+        due = f"{t.due_at:%Y-%m-%d %H:%M}" if t.due_at else "-"
+        typer.echo(f"#{t.ticket_id} {t.title}")
+        typer.echo(f"  asset      {t.tenant}/{t.machine}")
+        typer.echo(f"  status     {t.status}   priority P{t.priority}   type {t.kind}   reason {t.reason}")
+        typer.echo(f"  team       {t.team or '-'}   assignee {t.assignee or '-'}   due {due}")
+        typer.echo(
+            f"  evidence   x{t.occurrences} from {t.first_seen:%Y-%m-%d %H:%M:%S} to {t.last_seen:%Y-%m-%d %H:%M:%S}"
+        )
+        typer.echo(f"  escalated  {t.escalation_level} time(s)   reopened {t.reopened} time(s)   id {t.external_id}")
+        typer.echo("  history")
+        for e in events:
+            typer.echo(f"    {e.at:%Y-%m-%d %H:%M:%S}  {e.kind:<10} {e.actor:<12} {e.why}")
 
     run_async(show())

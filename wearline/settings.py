@@ -202,10 +202,26 @@ class AnalyticsSettings(_Section):
 
 
 class AlertsSettings(_Section):
-    """Turning anomalies into service tickets."""
+    """Turning anomalies and low remaining life into service tickets, and their lifecycle."""
 
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
     metrics_port: Port = 9103
+    rul_horizon_h: Annotated[float, Field(gt=0)] = 168.0
+    """A predictive ticket opens when the lower bound of a machine's remaining-life interval is below this."""
+    resolve_hold_s: Annotated[float, Field(gt=0)] = 3600.0
+    """A live ticket resolves itself once its machine was watched this long (reading time) with no new evidence."""
+    reopen_window_s: Annotated[float, Field(ge=0)] = 86400.0
+    """New evidence this soon (reading time) after a resolved ticket's last evidence reopens it: no second ticket."""
+    ack_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    """An open ticket nobody acknowledged within this (wall time) escalates, and again after each further period."""
+    escalation_levels: Annotated[list[str], Field(min_length=1)] = [
+        "shift supervisor",
+        "maintenance manager",
+        "plant manager",
+    ]
+    """Who each escalation notifies, in order; past the last, the last again."""
+    teams: dict[str, str] = {}
+    """The team a new ticket is assigned to, by ``tenant/site`` or ``tenant/site/line`` (the longer key wins)."""
 
 
 class LogSettings(_Section):

@@ -1,0 +1,87 @@
+"""`wearline tickets show/ack/start/assign/comment/resolve/close/reopen`: the real commands on the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import TEST_DSN, make_settings, unique
+from tests.ingest._support import connect_db
+from wearline.cli import app
+from wearline.db import migrate
+
+
+@pytest.fixture
+def schema_with_ticket(schema: str) -> str:
+    asyncio.run(migrate(make_settings(schema, unique("wlt/"), "native").database))
+    with connect_db(schema) as conn:
+        conn.execute(
+            """WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING tenant_id),
+                    s AS (INSERT INTO sites (tenant_id, name) SELECT tenant_id, 'plant-a' FROM t RETURNING site_id),
+                    l AS (INSERT INTO lines (site_id, name) SELECT site_id, 'line-1' FROM s RETURNING line_id),
+                    m AS (INSERT INTO machines (tenant_id, line_id, name)
+                          SELECT (SELECT tenant_id FROM t), line_id, 'pump-1' FROM l RETURNING machine_id, tenant_id)
+               INSERT INTO tickets (tenant_id, machine_id, reason, priority, title, first_seen, last_seen)
+               SELECT tenant_id, machine_id, 'anomaly', 2, 'Abnormal vibration_rms', now(), now() FROM m"""
+        )
+    return schema
+
+
+def cli(schema: str, *args: str) -> tuple[int, str]:
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("WEARLINE_")}
+    env |= {"WEARLINE_DATABASE__DSN": TEST_DSN, "WEARLINE_DATABASE__SCHEMA": schema}
+    result = CliRunner().invoke(app, list(args), env=env)
+    print(f"$ wearline {' '.join(args)} -> exit {result.exit_code}\n{result.stdout}{result.stderr}")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout + result.stderr
+
+
+def test_a_maintenance_team_works_a_ticket_from_the_command_line(schema_with_ticket: str) -> None:
+    s = schema_with_ticket
+    assert cli(s, "tickets", "ack", "1", "--by", "ana", "--why", "on it") == (0, "#1 acknowledged\n")
+    assert cli(s, "tickets", "assign", "1", "--team", "mechanics", "--to", "bo", "--by", "ana")[0] == 0
+    assert cli(s, "tickets", "comment", "1", "bearing ordered", "--by", "bo")[0] == 0
+    assert cli(s, "tickets", "start", "1", "--by", "bo")[0] == 0
+    assert cli(s, "tickets", "resolve", "1", "--by", "bo", "--why", "bearing replaced")[0] == 0
+    code, out = cli(s, "tickets", "show", "1")
+    assert code == 0
+    assert "status     resolved   priority P2" in out
+    assert "team       mechanics   assignee bo" in out
+    history = [line.split(None, 4)[2:] for line in out.splitlines() if line.startswith("    20")]
+    assert history == [
+        ["status", "ana", "on it"],
+        ["assigned", "ana"],
+        ["comment", "bo", "bearing ordered"],
+        ["status", "bo"],
+        ["status", "bo", "bearing replaced"],
+    ]
+    assert "live tickets" in cli(s, "tickets", "list")[1], "a resolved ticket is not live"
+    assert "resolved" in cli(s, "tickets", "list", "--all")[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tickets", "close", "1"), "error: ticket #1 is open: it cannot become closed; it can become acknowledged"),
+        (("tickets", "ack", "42"), "error: no ticket #42"),
+        (("tickets", "show", "42"), "error: no ticket #42"),
+        (("tickets", "assign", "1"), "error: tickets assign needs --team, --to or both"),
+        (("tickets", "comment", "1", " "), "error: a comment needs some text"),
+    ],
+)
+def test_a_mistake_is_one_line_and_changes_nothing(
+    schema_with_ticket: str, args: tuple[str, ...], message: str
+) -> None:
+    code, out = cli(schema_with_ticket, *args)
+    assert code != 0
+    assert out.strip().splitlines()[0].startswith(message), out
+    assert "Traceback" not in out
+    with connect_db(schema_with_ticket) as conn:
+        assert conn.execute("SELECT status, (SELECT count(*) FROM ticket_events) FROM tickets").fetchone() == (
+            "open",
+            0,
+        )
