@@ -1,19 +1,33 @@
 """The database: connections bound to Wearline's schema, migrations, and storage-mode housekeeping."""
 
 from wearline.db._connect import DatabaseUnavailable, connect, connection_kwargs, open_pool
-from wearline.db._migrate import StorageMode, applied_versions, available_migrations, migrate, storage_mode
+from wearline.db._migrate import (
+    NotMigrated,
+    StorageMode,
+    applied_versions,
+    available_migrations,
+    migrate,
+    require_migrated,
+    storage_mode,
+)
 from wearline.db._partitions import ensure_partitions, maintain_storage
+from wearline.db._storage import StorageError, choose_storage, probe_timescaledb
 
 __all__ = [
     "DatabaseUnavailable",
+    "NotMigrated",
+    "StorageError",
     "StorageMode",
     "applied_versions",
     "available_migrations",
+    "choose_storage",
     "connect",
     "connection_kwargs",
     "ensure_partitions",
     "maintain_storage",
     "migrate",
     "open_pool",
+    "probe_timescaledb",
+    "require_migrated",
     "storage_mode",
 ]

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import pkgutil
 import zlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from wearline.db import migrations
 from wearline.db._connect import connect
+from wearline.db._storage import StorageError, StorageMode, Wanted, choose_storage, probe_timescaledb
+from wearline.errors import WearlineError
 from wearline.settings import DatabaseSettings
 
-__all__ = ["Migration", "StorageMode", "applied_versions", "available_migrations", "migrate", "storage_mode"]
+__all__ = [
+    "Migration",
+    "NotMigrated",
+    "StorageMode",
+    "applied_versions",
+    "available_migrations",
+    "migrate",
+    "require_migrated",
+    "storage_mode",
+]
 
 log = logging.getLogger(__name__)
-StorageMode = Literal["timescaledb", "native"]
 
 
 @dataclass(frozen=True)
@@ -53,33 +64,30 @@ def _lock_key(schema: str) -> int:
     return zlib.crc32(f"wearline-migrate:{schema}".encode())
 
 
-async def _choose_mode(conn: psycopg.AsyncConnection[Any], wanted: str) -> StorageMode:
+async def _choose_mode(conn: psycopg.AsyncConnection[Any], wanted: Wanted) -> StorageMode:
     cur = await conn.execute("SELECT value FROM meta WHERE key = 'storage_mode'")
     row = await cur.fetchone()
     if row is not None:
         stored: StorageMode = "timescaledb" if row[0] == "timescaledb" else "native"
         if wanted not in ("auto", stored):
-            raise RuntimeError(
+            raise StorageError(
                 f"database.storage is {wanted!r} but this schema was created in {stored!r} mode; "
                 "a schema cannot change storage mode"
             )
         return stored
-    if wanted == "native":
-        return "native"
-    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    if await cur.fetchone() is None:
-        if wanted == "timescaledb":
-            raise RuntimeError("database.storage is 'timescaledb' but the server has no timescaledb extension")
-        return "native"
-    try:
-        async with conn.transaction():  # a savepoint: a failed CREATE EXTENSION leaves the migration usable
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb SCHEMA public")
-    except psycopg.Error as exc:
-        if wanted == "timescaledb":
-            raise RuntimeError(f"cannot enable timescaledb: {exc}") from exc
-        log.warning("timescaledb is installed but cannot be enabled (%s); using native partitioning", exc)
-        return "native"
-    return "timescaledb"
+    choice = choose_storage(wanted, await probe_timescaledb(conn))
+    if choice.warning:
+        log.warning("%s", choice.warning)
+    if choice.create_extension:
+        try:
+            async with conn.transaction():  # a savepoint: a failed CREATE EXTENSION leaves the migration usable
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb SCHEMA public")
+        except psycopg.Error as exc:
+            if wanted == "timescaledb" or conn.closed:
+                raise StorageError(f"cannot enable timescaledb: {exc}".splitlines()[0]) from exc
+            log.warning("timescaledb is preloaded but cannot be enabled (%s); using native partitioning", exc)
+            return "native"
+    return choice.mode
 
 
 async def applied_versions(conn: psycopg.AsyncConnection[Any], schema: str) -> list[int]:
@@ -104,6 +112,36 @@ async def storage_mode(conn: psycopg.AsyncConnection[Any], schema: str) -> Stora
     )
     found = await cur.fetchone()
     return None if found is None else ("timescaledb" if found[0] == "timescaledb" else "native")
+
+
+class NotMigrated(WearlineError):
+    """The schema was never migrated, or is behind this Wearline; the message names it and `wearline db migrate`."""
+
+
+@functools.cache
+def _latest() -> int:
+    return available_migrations()[-1].version
+
+
+async def require_migrated(
+    conn: psycopg.AsyncConnection[Any], schema: str, *, version: int | None = None
+) -> StorageMode:
+    """The schema's storage mode, once it holds migration ``version`` (default: every one this Wearline ships).
+
+    Every command and stage that reads or writes the schema calls this first, so that a schema nobody migrated is one
+    line naming it and the fix, not an ``UndefinedTable`` from whichever query happens to run first.
+    """
+    needed = _latest() if version is None else version
+    versions = await applied_versions(conn, schema)
+    mode = await storage_mode(conn, schema)
+    if not versions or mode is None:
+        raise NotMigrated(f"schema {schema!r} was never migrated: run `wearline db migrate` first")
+    if max(versions) < needed:
+        raise NotMigrated(
+            f"schema {schema!r} is at migration {max(versions)}, this Wearline needs {needed}: "
+            "run `wearline db migrate` first"
+        )
+    return mode
 
 
 async def migrate(settings: DatabaseSettings) -> list[int]:
