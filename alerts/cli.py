@@ -20,8 +20,11 @@ app.add_typer(tickets_app, name="tickets")
 def alerts(ctx: typer.Context) -> None:
     """Turn anomalies into deduplicated service tickets."""
     from alerts import run_alerts
+    from wearline.db import check_migrated
 
-    run_stage(ctx, "alerts", run_alerts, settings_of(ctx).alerts.metrics_port)
+    settings = settings_of(ctx)
+    run_async(check_migrated(settings.database))
+    run_stage(ctx, "alerts", run_alerts, settings.alerts.metrics_port)
 
 
 @tickets_app.command("list")
@@ -31,21 +34,16 @@ def tickets_list(
     all_: Annotated[bool, typer.Option("--all", help="Include resolved and closed tickets.")] = False,
 ) -> None:
     """List tickets, most urgent first."""
-    import psycopg
-
     from alerts import list_tickets
-    from wearline.db import connect
-    from wearline.errors import WearlineError
+    from wearline.db import connect, require_migrated
 
     settings = settings_of(ctx)
     schema = settings.database.schema_name
 
     async def show() -> None:
         async with await connect(settings.database) as conn:
-            try:
-                tickets = await list_tickets(conn, tenant=tenant, live_only=not all_)
-            except psycopg.errors.UndefinedTable as exc:
-                raise WearlineError(f"schema {schema} has no tickets table: run `wearline db migrate`") from exc
+            await require_migrated(conn, schema)
+            tickets = await list_tickets(conn, tenant=tenant, live_only=not all_)
         if not tickets:
             # Silence would look like a broken command or the wrong schema: say which schema was asked.
             which = "tickets" if all_ else "live tickets"

@@ -40,11 +40,14 @@ def analytics(
 ) -> None:
     """Score new readings, record anomalies and RUL estimates; several workers split the machines."""
     from analytics import run_analytics
+    from wearline.db import check_migrated
 
     async def main(s: Settings, stop: asyncio.Event) -> None:
         await run_analytics(s, stop, worker=worker)
 
-    run_stage(ctx, "analytics", main, settings_of(ctx).analytics.metrics_port)
+    settings = settings_of(ctx)
+    run_async(check_migrated(settings.database))
+    run_stage(ctx, "analytics", main, settings.analytics.metrics_port)
 
 
 @rul_app.command("fit")
@@ -234,13 +237,14 @@ def models_register(
 ) -> None:
     """Store a model in the database; the worker uses the newest version per machine type from its next pass."""
     from analytics import read_model_file, register_model
-    from wearline.db import connect
+    from wearline.db import connect, require_migrated
 
     settings = settings_of(ctx)
     blob, meta = read_model_file(model)
 
     async def store() -> str:
         async with await connect(settings.database) as conn:
+            await require_migrated(conn, settings.database.schema_name)
             version = await register_model(conn, blob, meta, machine_type)
             await conn.commit()
             return version
@@ -255,10 +259,8 @@ def models_list(
     machine_type: Annotated[str | None, typer.Option(help="Only models for this machine type.")] = None,
 ) -> None:
     """Registered models, newest first per kind and machine type; `*` marks the one the worker uses."""
-    import psycopg
-
     from analytics import ModelError, RegisteredModel, list_models
-    from wearline.db import connect
+    from wearline.db import connect, require_migrated
 
     if kind not in (None, "anomaly", "rul"):
         raise ModelError(f"--kind {kind!r}: must be anomaly or rul")
@@ -266,11 +268,8 @@ def models_list(
 
     async def fetch() -> list[RegisteredModel]:
         async with await connect(settings.database) as conn:
-            try:
-                return await list_models(conn, kind=kind, machine_type=machine_type)
-            except psycopg.errors.UndefinedTable as exc:
-                schema = settings.database.schema_name
-                raise ModelError(f"schema {schema} has no models table: run `wearline db migrate`") from exc
+            await require_migrated(conn, settings.database.schema_name)
+            return await list_models(conn, kind=kind, machine_type=machine_type)
 
     models = run_async(fetch())
     if not models:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from wearline.db import require_migrated
 from wearline.errors import WearlineError
 from wearline.wire import Reason
 
@@ -228,26 +228,14 @@ class ReasonSummary:
         }
 
 
-@contextmanager
-def _schema_errors(schema: str) -> Iterator[None]:
-    try:
-        yield
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
-        raise DeadLetterError(
-            f"schema {schema!r} has no dead_letters table of this version ({exc.diag.message_primary}): "
-            "run `wearline db migrate`"
-        ) from exc
-
-
 async def dead_letter_columns(conn: psycopg.AsyncConnection[Any], schema: str) -> Columns:
-    """Which optional columns the schema's ``dead_letters`` holds; fails when it has no such table."""
+    """Which optional columns the schema's ``dead_letters`` holds; :class:`NotMigrated` when the schema is behind."""
+    await require_migrated(conn, schema)
     cur = await conn.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'dead_letters'",
         [schema],
     )
     names = {str(r[0]) for r in await cur.fetchall()}
-    if not names:
-        raise DeadLetterError(f"schema {schema!r} has no dead_letters table: run `wearline db migrate`")
     size = next((c for c in ORIGINAL_SIZE_COLUMNS if c in names), None)
     return Columns(original_size=size, replayed_at="replayed_at" in names)
 
@@ -283,32 +271,30 @@ async def list_dead_letters(
     conn: psycopg.AsyncConnection[Any], schema: str, prefix: str, filt: DeadLetterFilter, *, limit: int
 ) -> list[StoredDeadLetter]:
     """Dead letters matching ``filt``, newest first, at most ``limit``, without their payloads."""
-    with _schema_errors(schema):
-        cols = await dead_letter_columns(conn, schema)
-        where, args = filt.where(prefix)
-        query = sql.SQL("SELECT {} FROM dead_letters WHERE {} ORDER BY received_at DESC, dead_letter_id DESC LIMIT %s")
-        cur = await conn.execute(query.format(select_list(cols, payload=False), where), [*args, limit])
-        return [dead_letter_of(r) for r in await cur.fetchall()]
+    cols = await dead_letter_columns(conn, schema)
+    where, args = filt.where(prefix)
+    query = sql.SQL("SELECT {} FROM dead_letters WHERE {} ORDER BY received_at DESC, dead_letter_id DESC LIMIT %s")
+    cur = await conn.execute(query.format(select_list(cols, payload=False), where), [*args, limit])
+    return [dead_letter_of(r) for r in await cur.fetchall()]
 
 
 async def count_dead_letters(
     conn: psycopg.AsyncConnection[Any], schema: str, prefix: str, filt: DeadLetterFilter
 ) -> int:
     """How many dead letters match ``filt``."""
-    with _schema_errors(schema):
-        where, args = filt.where(prefix)
-        cur = await conn.execute(sql.SQL("SELECT count(*) FROM dead_letters WHERE {}").format(where), args)
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
+    await require_migrated(conn, schema)
+    where, args = filt.where(prefix)
+    cur = await conn.execute(sql.SQL("SELECT count(*) FROM dead_letters WHERE {}").format(where), args)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def get_dead_letter(conn: psycopg.AsyncConnection[Any], schema: str, dead_letter_id: int) -> StoredDeadLetter:
     """One dead letter with its payload; :class:`DeadLetterError` when there is none with that id."""
-    with _schema_errors(schema):
-        cols = await dead_letter_columns(conn, schema)
-        query = sql.SQL("SELECT {} FROM dead_letters WHERE dead_letter_id = %s")
-        cur = await conn.execute(query.format(select_list(cols, payload=True)), [dead_letter_id])
-        row = await cur.fetchone()
+    cols = await dead_letter_columns(conn, schema)
+    query = sql.SQL("SELECT {} FROM dead_letters WHERE dead_letter_id = %s")
+    cur = await conn.execute(query.format(select_list(cols, payload=True)), [dead_letter_id])
+    row = await cur.fetchone()
     if row is None:
         raise DeadLetterError(f"no dead letter {dead_letter_id} in schema {schema!r}")
     return dead_letter_of(row)
@@ -316,11 +302,10 @@ async def get_dead_letter(conn: psycopg.AsyncConnection[Any], schema: str, dead_
 
 async def dead_letter_summary(conn: psycopg.AsyncConnection[Any], schema: str) -> list[ReasonSummary]:
     """Every reason with its counts, most frequent first."""
-    with _schema_errors(schema):
-        cols = await dead_letter_columns(conn, schema)
-        pending = "count(*) FILTER (WHERE replayed_at IS NULL)" if cols.replayed_at else "count(*)"
-        cur = await conn.execute(
-            f"""SELECT reason, count(*), {pending}, min(received_at), max(received_at)
-                FROM dead_letters GROUP BY reason ORDER BY count(*) DESC, reason"""
-        )
-        return [ReasonSummary(str(r[0]), int(r[1]), int(r[2]), r[3], r[4]) for r in await cur.fetchall()]
+    cols = await dead_letter_columns(conn, schema)
+    pending = "count(*) FILTER (WHERE replayed_at IS NULL)" if cols.replayed_at else "count(*)"
+    cur = await conn.execute(
+        f"""SELECT reason, count(*), {pending}, min(received_at), max(received_at)
+            FROM dead_letters GROUP BY reason ORDER BY count(*) DESC, reason"""
+    )
+    return [ReasonSummary(str(r[0]), int(r[1]), int(r[2]), r[3], r[4]) for r in await cur.fetchall()]

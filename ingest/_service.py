@@ -20,7 +20,7 @@ from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError, Message, Subscriber, probe_broker_version
 from ingest._scheme import Subscription, broker_kind, choose_subscription
 from ingest._writer import BatchWriter, Committed, DeadLetter, prepare_connection
-from wearline.db import open_pool, storage_mode
+from wearline.db import check_migrated, open_pool
 from wearline.settings import Settings
 from wearline.wire import Reason
 
@@ -153,15 +153,11 @@ async def run_ingest(
     metrics = IngestMetrics(registry)
     summary = IngestSummary()
     started = time.monotonic()
+    # Before anything starts (and before the summary line a stop logs): a schema nobody migrated is one line.
+    mode = await check_migrated(settings.database)
     pool = await open_pool(settings.database, name="ingest", configure=prepare_connection)
     stack = contextlib.AsyncExitStack()
     try:
-        async with pool.connection() as conn:
-            mode = await storage_mode(conn, settings.database.schema_name)
-        if mode is None:
-            raise RuntimeError(
-                f"schema {settings.database.schema_name!r} is not migrated: run `wearline db migrate` first"
-            )
         writer = BatchWriter(pool, settings, mode, metrics)
         metrics.db_up.set(1)
         scheme = await _choose(settings, client_id or settings.mqtt.client_id, metrics, stop)

@@ -26,6 +26,7 @@ __all__ = [
     "StorageMode",
     "applied_versions",
     "available_migrations",
+    "check_migrated",
     "migrate",
     "require_migrated",
     "storage_mode",
@@ -142,6 +143,12 @@ async def require_migrated(
             "run `wearline db migrate` first"
         )
     return mode
+
+
+async def check_migrated(settings: DatabaseSettings, *, version: int | None = None) -> StorageMode:
+    """:func:`require_migrated` on a connection of its own: what a stage's command runs before it starts."""
+    async with await connect(settings) as conn:
+        return await require_migrated(conn, settings.schema_name, version=version)
 
 
 async def migrate(settings: DatabaseSettings) -> list[int]:
