@@ -66,26 +66,19 @@ Why = Annotated[str, typer.Option("--why", help="Why, for the ticket's history."
 
 def _act(ctx: typer.Context, ticket_id: int, action: Any, done: str) -> None:
     """Run one lifecycle action on a ticket in a transaction and say what happened."""
-    import psycopg
-
-    from wearline.db import connect
-    from wearline.errors import WearlineError
+    from wearline.db import connect, require_migrated
 
     settings = settings_of(ctx)
     schema = settings.database.schema_name
 
     async def run() -> None:
         async with await connect(settings.database) as conn:
-            try:
-                async with conn.transaction():
-                    cur = await conn.execute("SELECT now()")
-                    row = await cur.fetchone()
-                    assert row is not None
-                    await action(conn, row[0])
-            except psycopg.errors.UndefinedTable as exc:
-                raise WearlineError(f"schema {schema} has no tickets table: run `wearline db migrate`") from exc
-            except psycopg.errors.UndefinedColumn as exc:
-                raise WearlineError(f"schema {schema} predates ticket lifecycles: run `wearline db migrate`") from exc
+            await require_migrated(conn, schema)  # also a schema from before ticket lifecycles
+            async with conn.transaction():
+                cur = await conn.execute("SELECT now()")
+                row = await cur.fetchone()
+                assert row is not None
+                await action(conn, row[0])
 
     run_async(run())
     typer.echo(f"#{ticket_id} {done}")
@@ -156,21 +149,16 @@ def tickets_comment(
 @tickets_app.command("show")
 def tickets_show(ctx: typer.Context, ticket_id: TicketId) -> None:
     """One ticket as a work order, with its whole history (who, when, why)."""
-    import psycopg
-
     from alerts import ticket_history
-    from wearline.db import connect
-    from wearline.errors import WearlineError
+    from wearline.db import connect, require_migrated
 
     settings = settings_of(ctx)
     schema = settings.database.schema_name
 
     async def show() -> None:
         async with await connect(settings.database) as conn:
-            try:
-                t, events = await ticket_history(conn, ticket_id)
-            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
-                raise WearlineError(f"schema {schema} lacks ticket lifecycles: run `wearline db migrate`") from exc
+            await require_migrated(conn, schema)
+            t, events = await ticket_history(conn, ticket_id)
         due = f"{t.due_at:%Y-%m-%d %H:%M}" if t.due_at else "-"
         typer.echo(f"#{t.ticket_id} {t.title}")
         typer.echo(f"  asset      {t.tenant}/{t.machine}")

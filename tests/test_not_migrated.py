@@ -37,6 +37,8 @@ def test_every_command_on_a_schema_never_migrated_is_one_line(schema: str, tmp_p
     model = _model_file(tmp_path)
     commands = [
         ["tickets", "list"],
+        ["tickets", "show", "1"],
+        ["tickets", "ack", "1"],
         ["models", "register", str(model), "--machine-type", "centrifugal_pump"],
         ["models", "list"],
         ["analytics"],
