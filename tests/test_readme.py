@@ -126,6 +126,7 @@ def _user_exports(data: Path, tmp: Path) -> None:
             w.writerows([[r["unit"], *(r[n] for n in names)] for r in rows if (float(r["time"]) < 150) == early])
 
 
+@pytest.mark.timeout(360)  # several trainings in a row; 120 s was crossed on a loaded 2-core machine
 def test_offline_block_runs_as_written(env: dict[str, str], tmp_path: Path) -> None:
     lines = block_with(".venv/bin/wearline simulate --mode offline")
     for line in lines:
@@ -147,6 +148,7 @@ def test_offline_block_runs_as_written(env: dict[str, str], tmp_path: Path) -> N
     assert n[0] == 1, "models register stored the model"
 
 
+@pytest.mark.timeout(360)  # several trainings in a row; 120 s was crossed on a loaded 2-core machine
 def test_benchmark_block_runs_as_written(env: dict[str, str], tmp_path: Path) -> None:
     lines = block_with(".venv/bin/wearline bench")
     assert {" ".join(shlex.split(line)[1:3]) for line in lines} == {
