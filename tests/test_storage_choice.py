@@ -32,6 +32,8 @@ PROBES: dict[ExtensionState, ExtensionProbe] = {
     ),
     "preloaded": ExtensionProbe(available=True, created=False, loader_present=True, preload_libraries="timescaledb"),
     "created": ExtensionProbe(available=True, created=True, loader_present=True, preload_libraries="timescaledb"),
+    # A server restarted without the preload: the extension is still created in the database but cannot load.
+    "created_not_preloaded": ExtensionProbe(available=True, created=True, loader_present=False, preload_libraries=""),
 }
 
 # (state, database.storage) -> mode and CREATE EXTENSION, or "error"; a warning exactly where auto falls back.
@@ -48,6 +50,10 @@ EXPECTED: dict[tuple[ExtensionState, Wanted], tuple[str, bool] | str] = {
     ("created", "auto"): ("timescaledb", False),
     ("created", "native"): ("native", False),
     ("created", "timescaledb"): ("timescaledb", False),
+    # Its event trigger would fail every CREATE TABLE, native ones too.
+    ("created_not_preloaded", "auto"): "error",
+    ("created_not_preloaded", "native"): "error",
+    ("created_not_preloaded", "timescaledb"): "error",
 }
 
 
@@ -61,6 +67,10 @@ def test_every_state_and_setting(state: ExtensionState, wanted: Wanted) -> None:
             choose_storage(wanted, probe)
         message = str(raised.value)
         assert "\n" not in message
+        if state == "created_not_preloaded":
+            assert "shared_preload_libraries = 'timescaledb'" in message
+            assert "DROP EXTENSION timescaledb" in message
+            return
         assert "WEARLINE_DATABASE__STORAGE" in message
         if state == "not_preloaded":
             assert "shared_preload_libraries = 'timescaledb'" in message
@@ -79,13 +89,6 @@ def test_every_state_and_setting(state: ExtensionState, wanted: Wanted) -> None:
         assert "restart" in choice.warning
     else:
         assert choice.warning is None
-
-
-def test_created_but_no_longer_preloaded_counts_as_not_preloaded() -> None:
-    # A server restarted without the preload: the extension is still created in the database but cannot load.
-    probe = ExtensionProbe(available=True, created=True, loader_present=False, preload_libraries="")
-    assert probe.state == "not_preloaded"
-    assert choose_storage("auto", probe).mode == "native"
 
 
 def test_advice_without_the_config_file_names_the_debian_path_of_the_servers_version() -> None:

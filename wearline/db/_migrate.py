@@ -16,7 +16,15 @@ from psycopg import sql
 
 from wearline.db import migrations
 from wearline.db._connect import connect
-from wearline.db._storage import StorageError, StorageMode, Wanted, choose_storage, probe_timescaledb
+from wearline.db._storage import (
+    ExtensionProbe,
+    StorageError,
+    StorageMode,
+    Wanted,
+    choose_storage,
+    probe_timescaledb,
+    require_loadable,
+)
 from wearline.errors import WearlineError
 from wearline.settings import DatabaseSettings
 
@@ -65,7 +73,7 @@ def _lock_key(schema: str) -> int:
     return zlib.crc32(f"wearline-migrate:{schema}".encode())
 
 
-async def _choose_mode(conn: psycopg.AsyncConnection[Any], wanted: Wanted) -> StorageMode:
+async def _choose_mode(conn: psycopg.AsyncConnection[Any], wanted: Wanted, probe: ExtensionProbe) -> StorageMode:
     cur = await conn.execute("SELECT value FROM meta WHERE key = 'storage_mode'")
     row = await cur.fetchone()
     if row is not None:
@@ -76,7 +84,7 @@ async def _choose_mode(conn: psycopg.AsyncConnection[Any], wanted: Wanted) -> St
                 "a schema cannot change storage mode"
             )
         return stored
-    choice = choose_storage(wanted, await probe_timescaledb(conn))
+    choice = choose_storage(wanted, probe)
     if choice.warning:
         log.warning("%s", choice.warning)
     if choice.create_extension:
@@ -161,6 +169,8 @@ async def migrate(settings: DatabaseSettings) -> list[int]:
     conn = await connect(settings)
     async with conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(schema)])
+        probe = await probe_timescaledb(conn)
+        require_loadable(probe)  # before the first DDL, which would fail with TimescaleDB's multi-line hint
         await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         await conn.execute(sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(schema)))
         await conn.execute(
@@ -178,7 +188,7 @@ async def migrate(settings: DatabaseSettings) -> list[int]:
                 f"schema {schema} is at version {max(done)}, newer than this Wearline ({shipped[-1].version})"
             )
         pending = [m for m in shipped if m.version not in done]
-        mode = await _choose_mode(conn, settings.storage)
+        mode = await _choose_mode(conn, settings.storage, probe)
         if mode == "timescaledb":
             # The extension may live in a schema of its own choosing; its functions must resolve.
             cur = await conn.execute(

@@ -24,14 +24,16 @@ __all__ = [
     "choose_storage",
     "preload_advice",
     "probe_timescaledb",
+    "require_loadable",
 ]
 
 StorageMode = Literal["timescaledb", "native"]
 Wanted = Literal["auto", "timescaledb", "native"]
-ExtensionState = Literal["absent", "not_preloaded", "preloaded", "created"]
+ExtensionState = Literal["absent", "not_preloaded", "preloaded", "created", "created_not_preloaded"]
 """absent: not installed on the server; not_preloaded: installed but missing from ``shared_preload_libraries``, so
-unusable (also when an earlier server start had it and this one does not); preloaded: usable, not yet created in this
-database; created: usable and created."""
+unusable; preloaded: usable, not yet created in this database; created: usable and created; created_not_preloaded:
+created in this database by a server start that preloaded it, and this one does not: its event trigger then makes
+every CREATE TABLE fail, in any storage mode."""
 
 
 class StorageError(WearlineError, RuntimeError):
@@ -59,7 +61,7 @@ class ExtensionProbe:
             self.preload_libraries is not None and names_timescaledb(self.preload_libraries)
         )
         if not preloaded:
-            return "not_preloaded"
+            return "created_not_preloaded" if self.created else "not_preloaded"
         return "created" if self.created else "preloaded"
 
 
@@ -81,6 +83,17 @@ def preload_advice(config_file: str | None = None, server_major: int = 15) -> st
     )
 
 
+def require_loadable(probe: ExtensionProbe) -> None:
+    """Raise :class:`StorageError` when TimescaleDB is created in this database but cannot load: no table can be
+    created then (its DDL event trigger fails), so a migration says why before it tries."""
+    if probe.state == "created_not_preloaded":
+        raise StorageError(
+            "timescaledb is created in this database but the server does not preload it, so PostgreSQL refuses "
+            f"to create tables in any storage mode: {preload_advice(probe.config_file, probe.server_major)} "
+            "(or, if no schema uses it, DROP EXTENSION timescaledb)"
+        )
+
+
 @dataclass(frozen=True)
 class StorageChoice:
     """The mode a new schema gets, whether to run ``CREATE EXTENSION`` first, and the warning to log, if any."""
@@ -96,6 +109,7 @@ def choose_storage(wanted: Wanted, probe: ExtensionProbe) -> StorageChoice:
     ``native`` always works; ``auto`` uses TimescaleDB when it is usable and otherwise native partitioning, with a
     warning when it is installed but not preloaded; ``timescaledb`` raises :class:`StorageError` when it is unusable.
     """
+    require_loadable(probe)
     state = probe.state
     if wanted == "native":
         return StorageChoice("native")
