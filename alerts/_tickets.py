@@ -10,12 +10,14 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from alerts._lifecycle import LIVE_STATUSES, Evidence, TicketError, file_evidence, team_for
+from alerts._lifecycle import LIVE_STATUSES, STATUSES, Evidence, TicketError, file_evidence, team_for
 from wearline.settings import AlertsSettings
 
 __all__ = [
     "Ticket",
     "TicketEvent",
+    "TicketQuery",
+    "find_tickets",
     "list_tickets",
     "priority_for",
     "priority_for_rul",
@@ -205,19 +207,62 @@ _TICKET_COLUMNS = """k.ticket_id, t.name AS tenant, s.name || '/' || l.name || '
            JOIN lines l ON l.line_id = m.line_id JOIN sites s ON s.site_id = l.site_id"""
 
 
+@dataclass(frozen=True)
+class TicketQuery:
+    """Which tickets, most urgent first. ``after`` is the last ticket of the previous page (keyset pagination:
+    a page never repeats or skips a ticket when others open meanwhile)."""
+
+    tenant: str | None = None
+    tenant_id: int | None = None
+    statuses: tuple[str, ...] = LIVE_STATUSES
+    priorities: tuple[int, ...] = ()
+    site: str | None = None
+    machine: str | None = None
+    since: datetime | None = None  # last evidence at or after
+    until: datetime | None = None  # first evidence before
+    after: tuple[int, datetime, int] | None = None  # (priority, opened_at, ticket_id)
+    limit: int | None = None
+
+
+async def find_tickets(conn: psycopg.AsyncConnection[Any], q: TicketQuery) -> list[Ticket]:
+    cur = conn.cursor(row_factory=class_row(Ticket))
+    after = q.after or (None, None, None)
+    await cur.execute(
+        f"""SELECT {_TICKET_COLUMNS}
+           WHERE (%(tenant)s::text IS NULL OR t.name = %(tenant)s)
+             AND (%(tenant_id)s::int IS NULL OR k.tenant_id = %(tenant_id)s)
+             AND k.status = ANY(%(statuses)s)
+             AND (cardinality(%(priorities)s::int[]) = 0 OR k.priority = ANY(%(priorities)s))
+             AND (%(site)s::text IS NULL OR s.name = %(site)s)
+             AND (%(machine)s::text IS NULL OR m.name = %(machine)s)
+             AND (%(since)s::timestamptz IS NULL OR k.last_seen >= %(since)s)
+             AND (%(until)s::timestamptz IS NULL OR k.first_seen < %(until)s)
+             AND (%(a_id)s::bigint IS NULL OR (k.priority, k.opened_at, k.ticket_id) > (%(a_p)s, %(a_t)s, %(a_id)s))
+           ORDER BY k.priority, k.opened_at, k.ticket_id
+           LIMIT %(limit)s""",
+        {
+            "tenant": q.tenant,
+            "tenant_id": q.tenant_id,
+            "statuses": list(q.statuses),
+            "priorities": list(q.priorities),
+            "site": q.site,
+            "machine": q.machine,
+            "since": q.since,
+            "until": q.until,
+            "a_p": after[0],
+            "a_t": after[1],
+            "a_id": after[2],
+            "limit": q.limit,
+        },
+    )
+    return await cur.fetchall()
+
+
 async def list_tickets(
     conn: psycopg.AsyncConnection[Any], *, tenant: str | None = None, live_only: bool = True
 ) -> list[Ticket]:
     """Tickets, most urgent first."""
-    cur = conn.cursor(row_factory=class_row(Ticket))
-    await cur.execute(
-        f"""SELECT {_TICKET_COLUMNS}
-           WHERE (%(tenant)s::text IS NULL OR t.name = %(tenant)s)
-             AND (NOT %(live)s OR k.status = ANY(%(statuses)s))
-           ORDER BY k.priority, k.opened_at""",
-        {"tenant": tenant, "live": live_only, "statuses": list(LIVE_STATUSES)},
-    )
-    return await cur.fetchall()
+    return await find_tickets(conn, TicketQuery(tenant=tenant, statuses=LIVE_STATUSES if live_only else STATUSES))
 
 
 async def ticket_history(conn: psycopg.AsyncConnection[Any], ticket_id: int) -> tuple[Ticket, list[TicketEvent]]:

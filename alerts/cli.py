@@ -14,6 +14,8 @@ __all__ = ["app"]
 app = typer.Typer()
 tickets_app = typer.Typer(help="Service tickets.", no_args_is_help=True)
 app.add_typer(tickets_app, name="tickets")
+tokens_app = typer.Typer(help="API tokens: one tenant each, read-only or read-write.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 
 
 @app.command()
@@ -25,6 +27,17 @@ def alerts(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     run_async(check_migrated(settings.database))
     run_stage(ctx, "alerts", run_alerts, settings.alerts.metrics_port)
+
+
+@app.command()
+def api(ctx: typer.Context) -> None:
+    """Serve the REST API for maintenance teams on api.host:api.port (OpenAPI at /docs)."""
+    from alerts import serve_api
+    from wearline.db import check_migrated
+
+    settings = settings_of(ctx)
+    run_async(check_migrated(settings.database))
+    run_stage(ctx, "api", serve_api, settings.api.metrics_port)
 
 
 @tickets_app.command("list")
@@ -173,3 +186,58 @@ def tickets_show(ctx: typer.Context, ticket_id: TicketId) -> None:
             typer.echo(f"    {e.at:%Y-%m-%d %H:%M:%S}  {e.kind:<10} {e.actor:<12} {e.why}")
 
     run_async(show())
+
+
+@tokens_app.command("create")
+def tokens_create(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option(help="The tenant whose tickets and machines the token reaches.")],
+    name: Annotated[str, typer.Option(help="What the token is for (a team, a CMMS), shown in ticket histories.")],
+    write: Annotated[bool, typer.Option("--write", help="May change tickets (default: read-only).")] = False,
+) -> None:
+    """Create a token; it is printed once, only its hash is stored."""
+    from alerts import create_token
+
+    token_id, token = _with_conn(ctx, lambda conn: create_token(conn, tenant=tenant, name=name, can_write=write))
+    typer.echo(f"token #{token_id} for tenant {tenant} ({'read-write' if write else 'read-only'}); keep it now:")
+    typer.echo(token)
+
+
+@tokens_app.command("list")
+def tokens_list(ctx: typer.Context) -> None:
+    """Every token: tenant, name, rights, last use, revocation."""
+    from alerts import list_tokens
+
+    tokens = _with_conn(ctx, list_tokens)
+    if not tokens:
+        typer.echo("no API tokens (wearline tokens create --tenant T --name N)")
+    for t in tokens:
+        used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "live"
+        rights = "read-write" if t.can_write else "read-only"
+        typer.echo(f"#{t.token_id} {t.tenant:<16} {t.name:<24} {rights:<10} last used {used:<16} {state}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    ctx: typer.Context, token_id: Annotated[int, typer.Argument(help="The token's number (#N in `tokens list`).")]
+) -> None:
+    """Revoke a token: its next request is refused."""
+    from alerts import revoke_token
+
+    _with_conn(ctx, lambda conn: revoke_token(conn, token_id))
+    typer.echo(f"token #{token_id} revoked")
+
+
+def _with_conn(ctx: typer.Context, work: Any) -> Any:
+    from wearline.db import connect, require_migrated
+
+    settings = settings_of(ctx)
+
+    async def run() -> Any:
+        async with await connect(settings.database) as conn:
+            await require_migrated(conn, settings.database.schema_name)
+            async with conn.transaction():
+                return await work(conn)
+
+    return run_async(run())

@@ -35,6 +35,7 @@ from wearline.errors import WearlineError
 
 __all__ = [
     "AlertsSettings",
+    "ApiSettings",
     "AnalyticsSettings",
     "DatabaseSettings",
     "IngestSettings",
@@ -224,6 +225,17 @@ class AlertsSettings(_Section):
     """The team a new ticket is assigned to, by ``tenant/site`` or ``tenant/site/line`` (the longer key wins)."""
 
 
+class ApiSettings(_Section):
+    """The REST API and board for maintenance teams."""
+
+    host: str = "127.0.0.1"
+    """The address the API listens on; 0.0.0.0 only behind a TLS-terminating proxy."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    metrics_port: Port = 9104
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    """Tickets per page when a request does not say (``limit``); at most 1,000."""
+
+
 class LogSettings(_Section):
     """Logging: the threshold (any case) and ``text`` or ``json`` lines."""
 
@@ -253,6 +265,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     alerts: AlertsSettings = AlertsSettings()
+    api: ApiSettings = ApiSettings()
     log: LogSettings = LogSettings()
     shutdown_grace_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 

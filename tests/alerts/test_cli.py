@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import TEST_DSN, make_settings, unique
+from tests.ingest._fault_support import free_port
 from tests.ingest._support import connect_db
 from wearline.cli import app
 from wearline.db import migrate
+
+WEARLINE = str(Path(sys.executable).with_name("wearline"))
 
 
 @pytest.fixture
@@ -85,3 +95,59 @@ def test_a_mistake_is_one_line_and_changes_nothing(
             "open",
             0,
         )
+
+
+def test_tokens_are_created_listed_and_revoked(schema_with_ticket: str) -> None:
+    s = schema_with_ticket
+    code, out = cli(s, "tokens", "create", "--tenant", "acme", "--name", "board", "--write")
+    assert code == 0
+    token = out.splitlines()[1]
+    assert token.startswith("wlt_")
+    assert len(token) > 40
+    code, out = cli(s, "tokens", "create", "--tenant", "nobody", "--name", "x")
+    assert (code, out.strip()) == (2, "error: no tenant 'nobody' (tenants: acme)")
+    assert "#1 acme             board                    read-write last used never" in cli(s, "tokens", "list")[1]
+    assert cli(s, "tokens", "revoke", "1") == (0, "token #1 revoked\n")
+    assert "revoked" in cli(s, "tokens", "list")[1]
+    assert cli(s, "tokens", "revoke", "7")[1].strip() == "error: no token #7"
+    with connect_db(s) as conn:
+        stored = conn.execute("SELECT token_hash FROM api_tokens").fetchone()
+    assert stored is not None
+    assert stored[0] == hashlib.sha256(token.encode()).digest(), "only the hash is stored"
+
+
+def test_the_api_serves_until_sigterm_and_a_taken_port_is_one_line(schema_with_ticket: str) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")}
+    env |= {
+        "WEARLINE_DATABASE__DSN": TEST_DSN,
+        "WEARLINE_DATABASE__SCHEMA": schema_with_ticket,
+        "WEARLINE_API__PORT": str(port),
+        "WEARLINE_API__METRICS_PORT": "0",
+    }
+    api = subprocess.Popen([WEARLINE, "api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert api.poll() is None, api.communicate()[0]
+                assert time.monotonic() < deadline, "the API did not answer within 30 s"
+                time.sleep(0.2)
+        assert r.json() == {"status": "ok"}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/tickets", timeout=5).status_code == 401
+        second = subprocess.run([WEARLINE, "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
+        print(second.stderr)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+            "set api.host / api.port (WEARLINE_API__HOST, WEARLINE_API__PORT)"
+        )
+        assert "Traceback" not in second.stderr
+    finally:
+        api.send_signal(signal.SIGTERM)
+        out = api.communicate(timeout=30)[0]
+    print(out)
+    assert api.returncode == 0, out
