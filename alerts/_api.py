@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from alerts._lifecycle import LIVE_STATUSES, TicketError, assign, comment, set_status
 from alerts._tickets import TicketQuery, find_tickets, ticket_history
@@ -37,6 +37,16 @@ __all__ = ["create_app", "serve_api"]
 log = logging.getLogger(__name__)
 
 Conn = psycopg.AsyncConnection[Any]
+
+
+def _storable(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("contains a NUL character (\\x00), which PostgreSQL text cannot hold")
+    return v
+
+
+# Every free-text input: a NUL byte would otherwise reach PostgreSQL and fail there, as a 500.
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class TicketOut(BaseModel):
@@ -83,18 +93,18 @@ class TicketPage(BaseModel):
 
 
 class Action(BaseModel):
-    why: str = Field(default="", max_length=2000, description="For the ticket's history.")
-    by: str | None = Field(default=None, max_length=200, description="Who, if not the token's name.")
+    why: Text = Field(default="", max_length=2000, description="For the ticket's history.")
+    by: Text | None = Field(default=None, max_length=200, description="Who, if not the token's name.")
 
 
 class Assignment(Action):
-    team: str | None = Field(default=None, max_length=200)
-    assignee: str | None = Field(default=None, max_length=200)
+    team: Text | None = Field(default=None, max_length=200)
+    assignee: Text | None = Field(default=None, max_length=200)
 
 
 class Comment(BaseModel):
-    text: str = Field(min_length=1, max_length=10_000)
-    by: str | None = Field(default=None, max_length=200)
+    text: Text = Field(min_length=1, max_length=10_000)
+    by: Text | None = Field(default=None, max_length=200)
 
 
 class RulOut(BaseModel):
@@ -203,8 +213,8 @@ class TicketFilters(BaseModel):
         default=[], description="Default: the live ones (open, acknowledged, in_progress)."
     )
     priority: list[Annotated[int, Field(ge=1, le=4)]] = []
-    site: str | None = None
-    machine: str | None = None
+    site: Text | None = None
+    machine: Text | None = None
     since: AwareDatetime | None = Field(default=None, description="Last evidence at or after (ISO 8601, with zone).")
     until: AwareDatetime | None = Field(default=None, description="First evidence before (ISO 8601, with zone).")
     limit: int | None = Field(default=None, ge=1, le=1000, description="Default: api.page_size.")
@@ -334,7 +344,7 @@ async def comment_ticket(conn: DbConn, who: Writer, ticket_id: TicketId, body: C
 
 
 @router.get("/api/v1/machines", response_model=list[MachineHealth], tags=["machines"])
-async def machines(conn: DbConn, who: Who, site: str | None = None) -> list[MachineHealth]:
+async def machines(conn: DbConn, who: Who, site: Annotated[Text | None, Query()] = None) -> list[MachineHealth]:
     """The tenant's machines with their latest health: analytics' progress, the last anomaly, the newest
     remaining-life estimate with its interval, and their live tickets."""
     cur = await conn.execute(

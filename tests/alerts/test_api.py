@@ -230,3 +230,20 @@ async def test_the_openapi_document_is_served(world: World) -> None:
     assert doc["info"]["title"] == "Wearline maintenance API"
     assert {"/api/v1/tickets", "/api/v1/tickets/{ticket_id}", "/api/v1/machines"} <= set(doc["paths"])
     assert {f"/api/v1/tickets/{{ticket_id}}/{v}" for v in WRITE_ROUTES} <= set(doc["paths"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("GET", "/api/v1/tickets", {"params": {"site": "a\x00b"}}),
+        ("GET", "/api/v1/machines", {"params": {"site": "a\x00b"}}),
+        ("POST", "/api/v1/tickets/{t}/comments", {"json": {"text": "a\x00b"}}),
+        ("POST", "/api/v1/tickets/{t}/acknowledge", {"json": {"why": "a\x00b"}}),
+    ],
+)
+async def test_a_nul_character_is_a_422_not_a_500(world: World, method: str, path: str, kwargs: Any) -> None:
+    """Found by schemathesis: `site` with a NUL byte reached PostgreSQL, which cannot store it, and gave a 500."""
+    url = path.replace("{t}", str(world.tickets["acme"][0]))
+    r = await world.client.request(method, url, headers=world.auth("acme-rw"), **kwargs)
+    assert r.status_code == 422
+    assert "NUL character" in r.text

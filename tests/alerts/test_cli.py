@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -116,12 +118,14 @@ def test_tokens_are_created_listed_and_revoked(schema_with_ticket: str) -> None:
     assert stored[0] == hashlib.sha256(token.encode()).digest(), "only the hash is stored"
 
 
-def test_the_api_serves_until_sigterm_and_a_taken_port_is_one_line(schema_with_ticket: str) -> None:
+@contextlib.contextmanager
+def served_api(schema: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """`wearline api` as a user starts it, on a free port; SIGTERM at the end must end it with 0."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")}
     env |= {
         "WEARLINE_DATABASE__DSN": TEST_DSN,
-        "WEARLINE_DATABASE__SCHEMA": schema_with_ticket,
+        "WEARLINE_DATABASE__SCHEMA": schema,
         "WEARLINE_API__PORT": str(port),
         "WEARLINE_API__METRICS_PORT": "0",
     }
@@ -130,13 +134,23 @@ def test_the_api_serves_until_sigterm_and_a_taken_port_is_one_line(schema_with_t
         deadline = time.monotonic() + 30
         while True:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).raise_for_status()
                 break
             except httpx.TransportError:
                 assert api.poll() is None, api.communicate()[0]
                 assert time.monotonic() < deadline, "the API did not answer within 30 s"
                 time.sleep(0.2)
-        assert r.json() == {"status": "ok"}
+        yield port, env
+    finally:
+        api.send_signal(signal.SIGTERM)
+        out = api.communicate(timeout=30)[0]
+        print(out)
+    assert api.returncode == 0, out
+
+
+def test_the_api_serves_until_sigterm_and_a_taken_port_is_one_line(schema_with_ticket: str) -> None:
+    with served_api(schema_with_ticket) as (port, env):
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json() == {"status": "ok"}
         assert httpx.get(f"http://127.0.0.1:{port}/api/v1/tickets", timeout=5).status_code == 401
         second = subprocess.run([WEARLINE, "api"], env=env, capture_output=True, text=True, timeout=60, check=False)
         print(second.stderr)
@@ -146,8 +160,36 @@ def test_the_api_serves_until_sigterm_and_a_taken_port_is_one_line(schema_with_t
             "set api.host / api.port (WEARLINE_API__HOST, WEARLINE_API__PORT)"
         )
         assert "Traceback" not in second.stderr
-    finally:
-        api.send_signal(signal.SIGTERM)
-        out = api.communicate(timeout=30)[0]
-    print(out)
-    assert api.returncode == 0, out
+
+
+@pytest.mark.timeout(300)
+def test_schemathesis_finds_no_server_error(schema_with_ticket: str) -> None:
+    """Every operation of the served OpenAPI document, with generated valid and invalid input (boundary values
+    first: ticket #1 exists, so the lifecycle routes are reached), with a read-write token."""
+    token = cli(schema_with_ticket, "tokens", "create", "--tenant", "acme", "--name", "fuzz", "--write")[1]
+    with served_api(schema_with_ticket) as (port, _):
+        st = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("st")),
+                "run",
+                f"http://127.0.0.1:{port}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--header",
+                f"Authorization: Bearer {token.splitlines()[1]}",
+                "--max-examples",
+                "15",
+                "--seed",
+                "20261203",
+                "--request-timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=280,
+            check=False,
+        )
+    summary = st.stdout[st.stdout.find("SUMMARY") :]
+    print(summary or st.stdout[-3000:], st.stderr[-2000:])
+    assert st.returncode == 0, st.stdout[-6000:]
+    assert "Tested: 10" in summary, "every operation was tried"
