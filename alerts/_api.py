@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from alerts._lifecycle import LIVE_STATUSES, TicketError, assign, comment, set_status
-from alerts._tickets import TicketQuery, find_tickets, ticket_history
+from alerts._tickets import TicketQuery, find_tickets, ticket_history, ticket_json
 from alerts._tokens import Scope, authenticate
 from wearline.db import open_pool, require_migrated
 from wearline.errors import WearlineError
@@ -127,33 +127,6 @@ class MachineHealth(BaseModel):
     top_priority: int | None
 
 
-def _ticket_out(t: Any) -> dict[str, Any]:
-    site, line, machine = t.machine.split("/", 2)
-    return {
-        "id": t.ticket_id,
-        "external_id": t.external_id,
-        "title": t.title,
-        "tenant": t.tenant,
-        "site": site,
-        "line": line,
-        "machine": machine,
-        "failure_mode": t.reason,
-        "type": t.kind,
-        "priority": t.priority,
-        "status": t.status,
-        "team": t.team,
-        "assignee": t.assignee,
-        "requested_at": t.opened_at,
-        "due_at": t.due_at,
-        "first_seen": t.first_seen,
-        "last_seen": t.last_seen,
-        "occurrences": t.occurrences,
-        "escalation_level": t.escalation_level,
-        "reopened": t.reopened,
-        "evidence": t.details,
-    }
-
-
 def _cursor(t: Any) -> str:
     raw = f"{t.priority}|{t.opened_at.isoformat()}|{t.ticket_id}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
@@ -231,7 +204,7 @@ async def owned(conn: Conn, who: Scope, ticket_id: int) -> None:
 
 async def detail(conn: Conn, ticket_id: int) -> TicketDetail:
     ticket, events = await ticket_history(conn, ticket_id)
-    return TicketDetail(**_ticket_out(ticket), events=[EventOut(**vars(e)) for e in events])
+    return TicketDetail(**ticket_json(ticket), events=[EventOut(**vars(e)) for e in events])
 
 
 @router.get("/api/v1/tickets", response_model=TicketPage, tags=["tickets"])
@@ -255,7 +228,7 @@ async def list_tickets(request: Request, conn: DbConn, who: Who, q: Annotated[Ti
     page = found[:size]
     more = len(found) > size
     return TicketPage(
-        items=[TicketOut(**_ticket_out(t)) for t in page], next_cursor=_cursor(page[-1]) if more else None
+        items=[TicketOut(**ticket_json(t)) for t in page], next_cursor=_cursor(page[-1]) if more else None
     )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "process_anomalies",
     "process_rul",
     "ticket_history",
+    "ticket_json",
 ]
 
 
@@ -52,6 +53,7 @@ class Ticket:
 
 @dataclass
 class TicketEvent:
+    event_id: int
     at: datetime
     kind: str
     actor: str
@@ -274,7 +276,35 @@ async def ticket_history(conn: psycopg.AsyncConnection[Any], ticket_id: int) -> 
         raise TicketError(f"no ticket #{ticket_id}")
     ecur = conn.cursor(row_factory=class_row(TicketEvent))
     await ecur.execute(
-        "SELECT at, kind, actor, why, data FROM ticket_events WHERE ticket_id = %s ORDER BY at, event_id",
+        "SELECT event_id, at, kind, actor, why, data FROM ticket_events WHERE ticket_id = %s ORDER BY at, event_id",
         [ticket_id],
     )
     return ticket, await ecur.fetchall()
+
+
+def ticket_json(t: Ticket) -> dict[str, Any]:
+    """A ticket in the shape maintenance systems file work orders in: what the API returns and webhooks carry."""
+    site, line, machine = t.machine.split("/", 2)
+    return {
+        "id": t.ticket_id,
+        "external_id": t.external_id,
+        "title": t.title,
+        "tenant": t.tenant,
+        "site": site,
+        "line": line,
+        "machine": machine,
+        "failure_mode": t.reason,
+        "type": t.kind,
+        "priority": t.priority,
+        "status": t.status,
+        "team": t.team,
+        "assignee": t.assignee,
+        "requested_at": t.opened_at,
+        "due_at": t.due_at,
+        "first_seen": t.first_seen,
+        "last_seen": t.last_seen,
+        "occurrences": t.occurrences,
+        "escalation_level": t.escalation_level,
+        "reopened": t.reopened,
+        "evidence": t.details,
+    }

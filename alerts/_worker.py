@@ -9,11 +9,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from alerts._lifecycle import LIVE_STATUSES, escalate_unacknowledged, resolve_cleared
 from alerts._tickets import _now, process_anomalies, process_rul
+from alerts._webhooks import deliver_due
 from wearline.db import open_pool
 from wearline.settings import AlertsSettings, Settings
 
@@ -62,6 +64,17 @@ class _Metrics:
         )
         for p in range(1, 5):
             self.live.labels(str(p))  # every priority reads 0, not absent, before its first ticket
+        self.deliveries = Counter(
+            "wearline_alerts_webhook_deliveries_total",
+            "Webhook delivery attempts by webhook and outcome (delivered, retry, failed).",
+            ["webhook", "outcome"],
+            registry=registry,
+        )
+        self.outbox = Gauge(
+            "wearline_alerts_outbox_pending",
+            "Webhook deliveries not yet made (due or waiting to retry).",
+            registry=registry,
+        )
 
 
 async def alerts_pass(conn: psycopg.AsyncConnection[Any], settings: AlertsSettings) -> AlertsSummary:
@@ -86,19 +99,33 @@ async def run_alerts(
     metrics = _Metrics(registry)
     total = AlertsSummary()
     pool = await open_pool(settings.database, name="alerts")
+    client = httpx.AsyncClient(follow_redirects=False)
     try:
         while not stop.is_set():
             try:
                 async with pool.connection() as conn:
                     done = await alerts_pass(conn, settings.alerts)
+                    deliveries = await deliver_due(conn, client, settings.alerts)
                     cur = await conn.execute(
                         "SELECT priority, count(*) FROM tickets WHERE status = ANY(%s) GROUP BY priority",
                         [list(LIVE_STATUSES)],
                     )
                     live: dict[int, int] | None = dict(await cur.fetchall())
+                    cur = await conn.execute(
+                        "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
+                    )
+                    pending = await cur.fetchone()
             except psycopg.OperationalError as exc:
                 log.warning("database unavailable, retrying: %s", exc)
-                done, live = AlertsSummary(), None
+                done, live, deliveries, pending = AlertsSummary(), None, [], None
+            for d in deliveries:
+                metrics.deliveries.labels(d.webhook, d.status).inc()
+                if d.status == "failed":
+                    log.error("webhook %s: gave up on outbox row %d: %s", d.webhook, d.outbox_id, d.detail)
+                elif d.status == "retry":
+                    log.warning("webhook %s: delivery failed, will retry: %s", d.webhook, d.detail)
+            if pending is not None:
+                metrics.outbox.set(pending[0])
             if done.tickets_opened:
                 log.info("opened %d ticket(s)", done.tickets_opened)
             metrics.opened.inc(done.tickets_opened)
@@ -114,10 +141,11 @@ async def run_alerts(
             total.estimates_handled += done.estimates_handled
             total.escalations += done.escalations
             total.auto_resolved += done.auto_resolved
-            if done.anomalies_handled == 0 and done.estimates_handled == 0:
+            if done.anomalies_handled == 0 and done.estimates_handled == 0 and not deliveries:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), settings.alerts.poll_interval_s)
     finally:
+        await client.aclose()
         await pool.close()
         log.info(
             "alerts stopped: %d tickets opened, %d anomalies and %d estimates handled, %d escalations, "

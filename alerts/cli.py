@@ -16,6 +16,11 @@ tickets_app = typer.Typer(help="Service tickets.", no_args_is_help=True)
 app.add_typer(tickets_app, name="tickets")
 tokens_app = typer.Typer(help="API tokens: one tenant each, read-only or read-write.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
+webhooks_app = typer.Typer(
+    help="Webhooks: every ticket event of a tenant POSTed, signed, to a URL (Wearline's or Alertmanager's format).",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @app.command()
@@ -227,6 +232,58 @@ def tokens_revoke(
 
     _with_conn(ctx, lambda conn: revoke_token(conn, token_id))
     typer.echo(f"token #{token_id} revoked")
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option(help="Whose ticket events it receives.")],
+    name: Annotated[str, typer.Option(help="Its name within the tenant (a label in metrics).")],
+    url: Annotated[str, typer.Option(help="Where to POST (http:// or https://).")],
+    format_: Annotated[
+        str, typer.Option("--format", help="wearline (event + work order) or alertmanager (webhook version 4).")
+    ] = "wearline",
+    secret: Annotated[str | None, typer.Option(help="Signing secret (default: a new random one).")] = None,
+) -> None:
+    """Add a webhook; prints the secret receivers check signatures with."""
+    from alerts import add_webhook
+    from wearline.errors import WearlineError
+
+    if format_ not in ("wearline", "alertmanager"):
+        raise WearlineError(f"--format must be wearline or alertmanager, not {format_!r}")
+    webhook_id, key = _with_conn(
+        ctx,
+        lambda conn: add_webhook(conn, tenant=tenant, name=name, url=url, fmt=format_, secret=secret),  # type: ignore[arg-type]
+    )
+    typer.echo(f"webhook #{webhook_id} for tenant {tenant}: {url} ({format_}); signing secret:")
+    typer.echo(key)
+
+
+@webhooks_app.command("list")
+def webhooks_list(ctx: typer.Context) -> None:
+    """Every webhook with its deliveries: pending, delivered, failed."""
+    from alerts import list_webhooks
+
+    hooks = _with_conn(ctx, list_webhooks)
+    if not hooks:
+        typer.echo("no webhooks (wearline webhooks add --tenant T --name N --url U)")
+    for w in hooks:
+        state = f"removed {w.removed_at:%Y-%m-%d %H:%M}" if w.removed_at else "live"
+        typer.echo(
+            f"#{w.webhook_id} {w.tenant}/{w.name} {w.url} ({w.format}) {state}: "
+            f"{w.pending} pending, {w.delivered} delivered, {w.failed} failed"
+        )
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(
+    ctx: typer.Context, webhook_id: Annotated[int, typer.Argument(help="#N in `webhooks list`.")]
+) -> None:
+    """Stop feeding a webhook (what is pending is still delivered)."""
+    from alerts import remove_webhook
+
+    _with_conn(ctx, lambda conn: remove_webhook(conn, webhook_id))
+    typer.echo(f"webhook #{webhook_id} removed")
 
 
 def _with_conn(ctx: typer.Context, work: Any) -> Any:

@@ -223,6 +223,11 @@ class AlertsSettings(_Section):
     """Who each escalation notifies, in order; past the last, the last again."""
     teams: dict[str, str] = {}
     """The team a new ticket is assigned to, by ``tenant/site`` or ``tenant/site/line`` (the longer key wins)."""
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """How long one webhook delivery may take before it counts as failed and is retried."""
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 16
+    """Attempts per event and webhook (backoff doubling from 2 s, capped at 1 h: 16 is about 10 h) before it is
+    marked failed and kept."""
 
 
 class ApiSettings(_Section):
