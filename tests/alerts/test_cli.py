@@ -163,7 +163,7 @@ def test_the_api_serves_until_sigterm_and_a_taken_port_is_one_line(schema_with_t
 
 
 @pytest.mark.timeout(300)
-def test_schemathesis_finds_no_server_error(schema_with_ticket: str) -> None:
+def test_schemathesis_finds_no_server_error(schema_with_ticket: str, tmp_path: Path) -> None:
     """Every operation of the served OpenAPI document, with generated valid and invalid input (boundary values
     first: ticket #1 exists, so the lifecycle routes are reached), with a read-write token."""
     token = cli(schema_with_ticket, "tokens", "create", "--tenant", "acme", "--name", "fuzz", "--write")[1]
