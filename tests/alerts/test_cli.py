@@ -188,6 +188,7 @@ def test_schemathesis_finds_no_server_error(schema_with_ticket: str, tmp_path: P
             text=True,
             timeout=280,
             check=False,
+            cwd=tmp_path,
         )
     summary = st.stdout[st.stdout.find("SUMMARY") :]
     print(summary or st.stdout[-3000:], st.stderr[-2000:])
