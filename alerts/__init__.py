@@ -1,6 +1,6 @@
 """Alerts: anomalies and low remaining life become deduplicated, prioritised service tickets with a lifecycle."""
 
-from alerts._api import create_app, serve_api
+from alerts._app import create_app, serve_api
 from alerts._lifecycle import (
     LIVE_STATUSES,
     STATUSES,

@@ -8,31 +8,23 @@ ticket numbers exist elsewhere.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
-import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import psycopg
-import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from psycopg_pool import AsyncConnectionPool
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
-from alerts._lifecycle import LIVE_STATUSES, TicketError, assign, comment, set_status
+from alerts._lifecycle import LIVE_STATUSES, Status, TicketError, assign, comment, set_status
 from alerts._tickets import TicketQuery, find_tickets, ticket_history, ticket_json
 from alerts._tokens import Scope, authenticate
-from wearline.db import open_pool, require_migrated
-from wearline.errors import WearlineError
-from wearline.settings import Settings
 
-__all__ = ["create_app", "serve_api"]
+__all__ = ["router"]
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +249,14 @@ def actor(who: Scope, by: str | None) -> str:
     return f"{by} via {who.name}" if by else who.name
 
 
-transitions = {
+TRANSITIONS: dict[str, Status] = {
     "acknowledge": "acknowledged",
     "start": "in_progress",
     "resolve": "resolved",
     "close": "closed",
     "reopen": "open",
 }
-for verb, to in transitions.items():
+for verb, to in TRANSITIONS.items():
 
     def route(to: Any = to, verb: str = verb) -> None:
         async def change_status(
@@ -360,54 +352,3 @@ async def machines(conn: DbConn, who: Who, site: Annotated[Text | None, Query()]
 async def healthz(conn: DbConn) -> dict[str, str]:
     await conn.execute("SELECT 1")
     return {"status": "ok"}
-
-
-def create_app(settings: Settings, *, pool: AsyncConnectionPool | None = None) -> FastAPI:
-    """The API; it opens (and closes) its own pool unless given one."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = pool is None
-        app.state.pool = pool or await open_pool(settings.database, name="api")
-        try:
-            async with app.state.pool.connection() as conn:
-                await require_migrated(conn, settings.database.schema_name)
-            yield
-        finally:
-            if own:
-                await app.state.pool.close()
-
-    app = FastAPI(
-        title="Wearline maintenance API",
-        version="1",
-        summary="Service tickets and machine health for maintenance teams; one tenant per token.",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.include_router(router)
-    return app
-
-
-async def serve_api(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the API until ``stop`` is set; requests in flight finish (uvicorn's graceful shutdown)."""
-    # Binding here, not in uvicorn, turns a taken port into one line naming the setting instead of an exit(1).
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.api.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.api.host, settings.api.port))
-    except OSError as exc:
-        sock.close()
-        raise WearlineError(
-            f"cannot listen on {settings.api.host}:{settings.api.port}: {exc.strerror or exc}; "
-            "set api.host / api.port (WEARLINE_API__HOST, WEARLINE_API__PORT)"
-        ) from exc
-    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    log.info("API on http://%s:%d (OpenAPI at /docs)", settings.api.host, settings.api.port)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await asyncio.wait({serving, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        await serving
-    finally:
-        sock.close()

@@ -24,6 +24,7 @@ __all__ = [
     "STATUSES",
     "Evidence",
     "Filed",
+    "Status",
     "TicketError",
     "assign",
     "comment",

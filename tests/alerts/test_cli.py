@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import TEST_DSN, make_settings, unique
-from tests.ingest._fault_support import free_port
+from tests.alerts._support import cli, served_api
+from tests.conftest import make_settings, unique
 from tests.ingest._support import connect_db
-from wearline.cli import app
 from wearline.db import migrate
 
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
@@ -40,16 +33,6 @@ def schema_with_ticket(schema: str) -> str:
                SELECT tenant_id, machine_id, 'anomaly', 2, 'Abnormal vibration_rms', now(), now() FROM m"""
         )
     return schema
-
-
-def cli(schema: str, *args: str) -> tuple[int, str]:
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("WEARLINE_")}
-    env |= {"WEARLINE_DATABASE__DSN": TEST_DSN, "WEARLINE_DATABASE__SCHEMA": schema}
-    result = CliRunner().invoke(app, list(args), env=env)
-    print(f"$ wearline {' '.join(args)} -> exit {result.exit_code}\n{result.stdout}{result.stderr}")
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout + result.stderr
 
 
 def test_a_maintenance_team_works_a_ticket_from_the_command_line(schema_with_ticket: str) -> None:
@@ -116,36 +99,6 @@ def test_tokens_are_created_listed_and_revoked(schema_with_ticket: str) -> None:
         stored = conn.execute("SELECT token_hash FROM api_tokens").fetchone()
     assert stored is not None
     assert stored[0] == hashlib.sha256(token.encode()).digest(), "only the hash is stored"
-
-
-@contextlib.contextmanager
-def served_api(schema: str) -> Iterator[tuple[int, dict[str, str]]]:
-    """`wearline api` as a user starts it, on a free port; SIGTERM at the end must end it with 0."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")}
-    env |= {
-        "WEARLINE_DATABASE__DSN": TEST_DSN,
-        "WEARLINE_DATABASE__SCHEMA": schema,
-        "WEARLINE_API__PORT": str(port),
-        "WEARLINE_API__METRICS_PORT": "0",
-    }
-    api = subprocess.Popen([WEARLINE, "api"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).raise_for_status()
-                break
-            except httpx.TransportError:
-                assert api.poll() is None, api.communicate()[0]
-                assert time.monotonic() < deadline, "the API did not answer within 30 s"
-                time.sleep(0.2)
-        yield port, env
-    finally:
-        api.send_signal(signal.SIGTERM)
-        out = api.communicate(timeout=30)[0]
-        print(out)
-    assert api.returncode == 0, out
 
 
 def test_the_api_serves_until_sigterm_and_a_taken_port_is_one_line(schema_with_ticket: str) -> None:
