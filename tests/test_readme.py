@@ -23,6 +23,7 @@ import pytest
 
 import simulators
 from tests.conftest import TEST_DSN, TEST_MQTT, drop_schema, unique
+from tests.ingest._fault_support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
@@ -224,7 +225,47 @@ def test_every_readme_command_is_run_somewhere() -> None:
         block_with("./dev"),
         block_with(".venv/bin/wearline simulate --mode offline"),
         block_with(".venv/bin/wearline bench"),
+        block_with(".venv/bin/wearline api"),
         *[b for b in sh_blocks() if b and b[0].startswith(".venv/bin/wearline db migrate")],
     ]
     unclaimed = [line for block in sh_blocks() for line in block if not any(line in b for b in claimed)]
     assert unclaimed == []
+
+
+def test_maintenance_block_runs_as_written(env: dict[str, str], tmp_path: Path) -> None:
+    """The API in the background, a token, a ticket shown and acknowledged, a webhook added, on a plant with one
+    ticket (#1) as the alerts worker would have opened it."""
+    lines = block_with(".venv/bin/wearline api")
+    run(["db", "migrate"], env, tmp_path)
+    with psycopg.connect(TEST_DSN, options=f"-c search_path={env['WEARLINE_DATABASE__SCHEMA']}") as conn:
+        conn.execute(
+            """WITH t AS (INSERT INTO tenants (name) VALUES ('acme') RETURNING tenant_id),
+                    s AS (INSERT INTO sites (tenant_id, name) SELECT tenant_id, 'plant-a' FROM t RETURNING site_id),
+                    l AS (INSERT INTO lines (site_id, name) SELECT site_id, 'line-1' FROM s RETURNING line_id),
+                    m AS (INSERT INTO machines (tenant_id, line_id, name)
+                          SELECT (SELECT tenant_id FROM t), line_id, 'pump-002' FROM l RETURNING machine_id, tenant_id)
+               INSERT INTO tickets (tenant_id, machine_id, reason, priority, title, first_seen, last_seen)
+               SELECT tenant_id, machine_id, 'anomaly', 2, 'Abnormal vibration_rms on pump-002', now(), now() FROM m"""
+        )
+    api_env = {**env, "WEARLINE_API__PORT": str(free_port()), "WEARLINE_API__METRICS_PORT": "0"}
+    api: subprocess.Popen[bytes] | None = None
+    log = tmp_path / "api.log"
+    outputs = []
+    try:
+        for line in lines:
+            args = wearline_args(line, tmp_path)
+            if args == ["api"]:
+                with log.open("wb") as out:
+                    api = subprocess.Popen([WEARLINE, *args], env=api_env, cwd=tmp_path, stdout=out, stderr=out)
+                _wait_for_line(log, "API on http://", api, 30)
+                continue
+            outputs.append(run(args, api_env, tmp_path))
+    finally:
+        if api is not None:
+            api.send_signal(signal.SIGTERM)
+            assert api.wait(timeout=30) == 0, log.read_text()[-2000:]
+    assert api is not None, "the block starts the API"
+    assert outputs[0].splitlines()[1].startswith("wlt_"), "the token is printed"
+    assert "Abnormal vibration_rms on pump-002" in outputs[1]
+    assert outputs[2] == "#1 acknowledged\n"
+    assert "webhook #1 for tenant acme" in outputs[3]
