@@ -39,7 +39,7 @@ from alerts._webhooks import (
     remove_webhook,
     sign,
 )
-from alerts._worker import AlertsSummary, run_alerts
+from alerts._worker import AlertsSummary, alerts_pass, lifecycle_durations, run_alerts
 
 __all__ = [
     "LIVE_STATUSES",
@@ -58,6 +58,7 @@ __all__ = [
     "WebhookError",
     "WebhookInfo",
     "add_webhook",
+    "alerts_pass",
     "assign",
     "comment",
     "create_app",
@@ -66,6 +67,7 @@ __all__ = [
     "escalate_unacknowledged",
     "file_evidence",
     "find_tickets",
+    "lifecycle_durations",
     "list_tickets",
     "list_tokens",
     "list_webhooks",

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from alerts._lifecycle import LIVE_STATUSES, escalate_unacknowledged, resolve_cleared
 from alerts._tickets import _now, process_anomalies, process_rul
@@ -19,7 +19,7 @@ from alerts._webhooks import deliver_due
 from wearline.db import open_pool
 from wearline.settings import AlertsSettings, Settings
 
-__all__ = ["AlertsSummary", "run_alerts"]
+__all__ = ["AlertsSummary", "alerts_pass", "lifecycle_durations", "run_alerts"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,19 @@ class _Metrics:
             ["webhook", "outcome"],
             registry=registry,
         )
+        buckets = (60, 300, 900, 1800, 3600, 4 * 3600, 8 * 3600, 24 * 3600, 3 * 86400, 7 * 86400)
+        self.to_ack = Histogram(
+            "wearline_alerts_time_to_acknowledge_seconds",
+            "From a ticket's opening to its acknowledgement (or the start of work).",
+            buckets=buckets,
+            registry=registry,
+        )
+        self.to_resolve = Histogram(
+            "wearline_alerts_time_to_resolve_seconds",
+            "From a ticket's opening to its resolution (by hand or because its condition cleared).",
+            buckets=buckets,
+            registry=registry,
+        )
         self.outbox = Gauge(
             "wearline_alerts_outbox_pending",
             "Webhook deliveries not yet made (due or waiting to retry).",
@@ -92,6 +105,31 @@ async def alerts_pass(conn: psycopg.AsyncConnection[Any], settings: AlertsSettin
     return AlertsSummary(opened_a + opened_r, anomalies, estimates, len(escalated), len(resolved))
 
 
+async def lifecycle_durations(
+    conn: psycopg.AsyncConnection[Any], after: int | None
+) -> tuple[int, list[tuple[str, float]]]:
+    """Acknowledgements and resolutions recorded after event ``after`` (None: from now on), whoever made them (the
+    CLI, the API, this worker), as (``acknowledged`` or ``resolved``, seconds since the ticket opened); returns the
+    newest event id seen too."""
+    if after is None:
+        cur = await conn.execute("SELECT coalesce(max(event_id), 0) FROM ticket_events")
+        row = await cur.fetchone()
+        return (int(row[0]) if row else 0), []
+    cur = await conn.execute(
+        """SELECT e.event_id,
+                  CASE WHEN e.data->>'to' = 'resolved' THEN 'resolved' ELSE 'acknowledged' END,
+                  extract(epoch FROM e.at - k.opened_at)::float8
+           FROM ticket_events e JOIN tickets k USING (ticket_id)
+           WHERE e.event_id > %s AND e.kind = 'status'
+             AND (e.data->>'to' = 'resolved'
+                  OR (e.data->>'from' = 'open' AND e.data->>'to' IN ('acknowledged', 'in_progress')))
+           ORDER BY e.event_id LIMIT 10000""",
+        [after],
+    )
+    rows = await cur.fetchall()
+    return (rows[-1][0] if rows else after), [(r[1], max(r[2], 0.0)) for r in rows]
+
+
 async def run_alerts(
     settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY
 ) -> AlertsSummary:
@@ -100,6 +138,7 @@ async def run_alerts(
     total = AlertsSummary()
     pool = await open_pool(settings.database, name="alerts")
     client = httpx.AsyncClient(follow_redirects=False)
+    seen_event: int | None = None  # durations count from this process's start: a restart does not count twice
     try:
         while not stop.is_set():
             try:
@@ -115,6 +154,9 @@ async def run_alerts(
                         "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
                     )
                     pending = await cur.fetchone()
+                    seen_event, durations = await lifecycle_durations(conn, seen_event)
+                    for kind, seconds in durations:
+                        (metrics.to_ack if kind == "acknowledged" else metrics.to_resolve).observe(seconds)
             except psycopg.OperationalError as exc:
                 log.warning("database unavailable, retrying: %s", exc)
                 done, live, deliveries, pending = AlertsSummary(), None, [], None

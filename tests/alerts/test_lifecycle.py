@@ -313,3 +313,20 @@ async def test_remaining_life_under_the_horizon_is_a_predictive_ticket_due_befor
 @pytest.mark.parametrize(("lower", "priority"), [(12.5, 1), (12.6, 2), (25, 2), (25.1, 3), (50, 3), (50.1, 4), (99, 4)])
 def test_priority_from_remaining_life(lower: float, priority: int) -> None:
     assert alerts.priority_for_rul(lower, 100) == priority
+
+
+async def test_time_to_acknowledge_and_to_resolve_whoever_made_the_change(conn: Conn) -> None:
+    pump = await machine(conn, "pump-1")
+    await anomaly(conn, pump, T0)
+    await run_pass(conn, T0)
+    start, none = await alerts.lifecycle_durations(conn, None)
+    assert none == [], "what happened before the worker started is not counted"
+    [t] = await tickets(conn)
+    async with conn.transaction():
+        await alerts.set_status(conn, t.ticket_id, "acknowledged", actor="ana", now=T0 + timedelta(minutes=10))
+        await alerts.set_status(conn, t.ticket_id, "in_progress", actor="bo", now=T0 + timedelta(minutes=20))
+    await watched(conn, pump, T0 + timedelta(hours=2))
+    await run_pass(conn, T0 + timedelta(hours=3))  # resolved by the worker: its condition cleared
+    last, durations = await alerts.lifecycle_durations(conn, start)
+    assert durations == [("acknowledged", 600.0), ("resolved", 3 * 3600.0)]
+    assert await alerts.lifecycle_durations(conn, last) == (last, [])
