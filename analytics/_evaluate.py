@@ -155,7 +155,7 @@ def rul_metrics(
 def _truth_by_row(
     data: Table, truth: Table, unit: str, time: str, column: str = "fault"
 ) -> dict[tuple[str, float], float]:
-    t = truth.numeric(time) if truth.is_numeric(time) else truth.hours(time)
+    t = truth.hours(time)
     values = truth.numeric(column)
     if column == "fault":
         values = (values > 0).astype(np.float64)
@@ -301,4 +301,5 @@ def _early(table: Table, unit: str, t: Vector, share: float) -> Flags:
 
 def _subset(table: Table, rows: npt.NDArray[Any]) -> Table:
     idx = np.flatnonzero(rows) if rows.dtype == bool else rows
-    return Table(table.path, table.names, {n: [v[i] for i in idx] for n, v in table.cols.items()})
+    cols = {n: [v[i] for i in idx] for n, v in table.cols.items()}
+    return Table(table.path, table.names, cols, [table.line(int(i)) for i in idx])

@@ -115,7 +115,7 @@ def test_whitespace_file_with_names_on_the_command_line(tmp_path: Path) -> None:
     ("content", "args", "message"),
     [
         ("a,b\n1,2\n3\n", [], "line 3 has 1 fields, expected 2"),
-        ("a,b\n1,2\n3,x\n", ["--features", "a,b"], "column 'b' row 3: 'x' is not a number"),
+        ("a,b\n1,2\n3,x\n", ["--features", "a,b"], "line 3, column b: 'x' is not a number"),
         ("a,b\n1,2\n", ["--features", "a,zz"], "column(s) zz not found; the columns are: a, b"),
         ("1 2\n3 4\n", [], "looks like data, not a header"),
         ("", [], "is empty"),
