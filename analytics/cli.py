@@ -216,10 +216,10 @@ def anomaly_score(
 @bench.command("analytics")
 def bench_analytics(
     ctx: typer.Context,
-    machines: Annotated[int, typer.Option(help="Machines in the fleet RUL refresh.")] = 10_000,
-    rows: Annotated[int, typer.Option(help="Rows per streaming scoring batch.")] = 200_000,
-    sensors: Annotated[int, typer.Option(help="Sensors per row.")] = 5,
-    history: Annotated[int, typer.Option(help="Rows of history per machine for the RUL refresh.")] = 50,
+    machines: Annotated[int, typer.Option(min=1, help="Machines in the fleet RUL refresh.")] = 10_000,
+    rows: Annotated[int, typer.Option(min=1, help="Rows per streaming scoring batch.")] = 200_000,
+    sensors: Annotated[int, typer.Option(min=1, max=1000, help="Sensors per row.")] = 5,
+    history: Annotated[int, typer.Option(min=2, help="Rows of history per machine for the RUL refresh.")] = 50,
     seed: int = 0,
 ) -> None:
     """Scoring throughput of every detector (readings = rows x sensors) and a fleet RUL refresh; ends with JSON."""
