@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from simulators._fleet import FAULT_LABELS, Fleet, Frame
 from simulators._scenario import MachineGroup, Scenario, load_scenario
+from wearline.progress import SILENT, Bar
 
 __all__ = ["TRAIN_COLUMNS", "TRUTH_COLUMNS", "OfflineDataset", "write_offline_dataset"]
 
@@ -60,7 +61,7 @@ def _allocate(groups: Sequence[MachineGroup], units: int) -> list[int]:
     return [int(x) for x in out]
 
 
-def _simulate_units(scenario: Scenario, units: int, seed: int, first_id: int) -> list[_Unit]:
+def _simulate_units(scenario: Scenario, units: int, seed: int, first_id: int, *, bar: Bar, what: str) -> list[_Unit]:
     counts = _allocate(scenario.groups, units)
     groups = tuple(
         MachineGroup(g.type, c, g.line, g.name, g.conditions, "continuous", g.life_scale, g.initial_age)
@@ -73,7 +74,9 @@ def _simulate_units(scenario: Scenario, units: int, seed: int, first_id: int) ->
     fail = fleet.failure_times_s()
     out = [_Unit(first_id + i, fleet.types[i].name, fleet.types[i].sensor_names, []) for i in range(len(fleet.paths))]
     last_k = math.ceil(float(fail.max()) / step_s - 1e-9)
+    bar.phase(f"simulating {len(out)} {what} units", total=last_k + 1)
     for k in range(last_k + 1):
+        bar.advance()
         t = k * step_s
         frames: Iterable[Frame] = fleet.step(t)
         for fr in frames:
@@ -105,7 +108,10 @@ def _write(
     units: Sequence[_Unit],
     sensors: Sequence[str],
     cuts: dict[int, int] | None,
+    *,
+    bar: Bar,
 ) -> int:
+    bar.phase(f"writing {path.name}", total=len(units))
     rows = 0
     with path.open("w", newline="") as f, truth_path.open("w", newline="") as tf:
         w, tw = csv.writer(f), csv.writer(tf)
@@ -119,6 +125,7 @@ def _write(
                 w.writerow([u.unit, t, u.mtype, cond, *("" if j < 0 else _fmt(float(values[j])) for j in where)])
                 tw.writerow([u.unit, t, round(health, 6), round(rul, 6), int(code > 0), FAULT_LABELS[code], mode])
                 rows += 1
+            bar.advance()
     return rows
 
 
@@ -130,6 +137,7 @@ def write_offline_dataset(
     seed: int,
     test_units: int | None = None,
     fault_rate_per_day: float | None = None,
+    bar: Bar = SILENT,
 ) -> OfflineDataset:
     """Simulate ``units`` run-to-failure histories (train) and ``test_units`` more (default: as many) cut short at
     a random point before failure (test), and write them as CSV files under ``out_dir``.
@@ -137,7 +145,8 @@ def write_offline_dataset(
     ``scenario`` is a :class:`Scenario` or a TOML file; its machine groups set the mix of types (units are split
     in proportion to the group counts), its ``[offline]`` table the step and life bounds. Train units are numbered
     ``1..units``, test units continue from there. ``fault_rate_per_day`` overrides the scenario's random sensor
-    faults. The same arguments always write the same files.
+    faults. The same arguments always write the same files. ``bar`` shows the simulation's and the writing's
+    progress.
     """
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(Path(scenario))
     if fault_rate_per_day is not None:
@@ -147,8 +156,8 @@ def write_offline_dataset(
     n_test = units if test_units is None else test_units
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed).generate_state(3)
-    train = _simulate_units(sc, units, int(seeds[0]), 1)
-    test = _simulate_units(sc, n_test, int(seeds[1]), units + 1) if n_test > 0 else []
+    train = _simulate_units(sc, units, int(seeds[0]), 1, bar=bar, what="train")
+    test = _simulate_units(sc, n_test, int(seeds[1]), units + 1, bar=bar, what="test") if n_test > 0 else []
     sensors: list[str] = []
     for u in (*train, *test):
         sensors.extend(s for s in u.sensors if s not in sensors)
@@ -170,8 +179,8 @@ def write_offline_dataset(
         train_rows=0,
         test_rows=0,
     )
-    train_rows = _write(ds.train, ds.train_truth, train, sensors, None)
-    test_rows = _write(ds.test, ds.test_truth, test, sensors, cuts)
+    train_rows = _write(ds.train, ds.train_truth, train, sensors, None, bar=bar)
+    test_rows = _write(ds.test, ds.test_truth, test, sensors, cuts, bar=bar)
     with ds.test_rul.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("unit", "rul"))

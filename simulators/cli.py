@@ -113,11 +113,13 @@ def simulate(
 
     if mode is Mode.offline:
         from simulators import write_offline_dataset
+        from wearline.progress import progress
 
         settings_of(ctx, needs=OFFLINE)
         check_output(out, "--out", folder=True)
         started = time.monotonic()
-        ds = write_offline_dataset(sc, out, units=units, seed=run_seed, test_units=test_units)
+        with progress("simulating") as bar:
+            ds = write_offline_dataset(sc, out, units=units, seed=run_seed, test_units=test_units, bar=bar)
         typer.echo(
             f"wrote {ds.train_units} train units ({ds.train_rows} rows) and {ds.test_units} test units "
             f"({ds.test_rows} rows) to {out}/ in {time.monotonic() - started:.1f} s"

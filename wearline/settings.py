@@ -35,8 +35,8 @@ from wearline.errors import WearlineError
 
 __all__ = [
     "AlertsSettings",
-    "ApiSettings",
     "AnalyticsSettings",
+    "ApiSettings",
     "DatabaseSettings",
     "IngestSettings",
     "LogSettings",
