@@ -15,8 +15,7 @@ import psycopg
 import pytest
 
 import alerts
-from tests.conftest import make_settings, unique
-from wearline.db import connect, migrate
+from wearline.db import connect
 from wearline.settings import AlertsSettings, Settings
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
@@ -30,14 +29,6 @@ RULES = AlertsSettings(
 )
 
 Conn = psycopg.AsyncConnection[Any]
-
-
-@pytest.fixture
-async def migrated(schema: str) -> Settings:
-    # The lifecycle is the same SQL in both storage modes: native only.
-    settings = make_settings(schema, unique("wlt/"), "native")
-    await migrate(settings.database)
-    return settings
 
 
 @pytest.fixture

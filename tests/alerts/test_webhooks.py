@@ -20,8 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import alerts
-from tests.conftest import make_settings, unique
-from wearline.db import connect, migrate
+from wearline.db import connect
 from wearline.settings import AlertsSettings, Settings
 
 Conn = psycopg.AsyncConnection[Any]
@@ -72,13 +71,6 @@ def receiving(fail: int = 0) -> Iterator[Receiver]:
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
-
-
-@pytest.fixture
-async def migrated(schema: str) -> Settings:
-    settings = make_settings(schema, unique("wlt/"), "native")
-    await migrate(settings.database)
-    return settings
 
 
 @pytest.fixture
