@@ -1,7 +1,7 @@
 """Helpers for the fault suite: a Mosquitto with the shipped configuration that can be restarted or killed on its
 own port and persistence directory, a publisher that counts what the broker acknowledged and re-sends what it did
-not across broker restarts, ingest worker processes with extra settings, and the published/committed/duplicates
-tally every fault test prints."""
+not across broker restarts, ingest worker processes with extra settings, a PostgreSQL cluster of the test's own
+that can be stopped and started, and the published/committed/duplicates tally every fault test prints."""
 
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import psycopg
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from tests.conftest import unique
-from tests.ingest._support import Fleet, Key, ingest_env, stored_rows
+from tests.conftest import TEST_DSN, unique
+from tests.ingest._support import Fleet, Key, ingest_env
 from wearline.settings import Settings
 
 SHIPPED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "wearline.conf"
 MOSQUITTO = "/usr/sbin/mosquitto"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def free_port() -> int:
@@ -96,6 +99,69 @@ def broker() -> Iterator[Broker]:
         yield b
     finally:
         b.close()
+
+
+class PgCluster:
+    """A PostgreSQL 15 cluster of the test's own (Debian's binaries), on a free port with trust authentication on
+    127.0.0.1, that a test can stop and start again; its data directory lasts until :meth:`close`.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the ``postgres`` user (``runuser``) and
+    lives in a directory that user owns, outside pytest's 0700 ``tmp_path``.
+    """
+
+    def __init__(self) -> None:
+        if not (PG_BIN / "initdb").exists():
+            pytest.skip(f"PostgreSQL's server binaries are not in {PG_BIN} (Debian's postgresql-15 package)")
+        self._as: list[str] = []
+        self.work = Path(tempfile.mkdtemp(prefix="wlt-fault-pg-"))
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                pytest.skip("running as root without runuser: cannot start PostgreSQL as its own user")
+            self._as = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.work, "postgres", "postgres")
+        self.data = self.work / "data"
+        self.log = self.work / "postgres.log"
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run(
+            [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+        )
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.work}'\n"
+                "fsync = off\nmax_connections = 50\n"
+            )
+
+    def _run(self, argv: list[str]) -> None:
+        done = subprocess.run([*self._as, *argv], capture_output=True, check=False, timeout=120)
+        if done.returncode != 0:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise AssertionError(f"{Path(argv[0]).name} failed: {done.stderr.decode(errors='replace')} {log}")
+
+    def start(self) -> None:
+        """Start the server and return once it accepts connections."""
+        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start"])
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m mode``: fast disconnects every client and rolls back open transactions."""
+        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"])
+
+    def close(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+                self.stop("immediate")
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pg_cluster() -> Iterator[PgCluster]:
+    """A started :class:`PgCluster`, removed afterwards."""
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def _acked(info: paho.MQTTMessageInfo) -> bool:
@@ -287,18 +353,31 @@ class Tally:
         )
 
 
-def tally(schema: str, fleet: Fleet, published: set[Key]) -> Tally:
-    """Compare the table with what the broker acknowledged (published) and what the fleet would hold."""
-    from tests.ingest._support import connect_db  # noqa: PLC0415
-
-    stored = stored_rows(schema)
-    expected = fleet.expected()
-    with connect_db(schema) as conn:
+def tally(schema: str, fleet: Fleet, published: set[Key], *, dsn: str = TEST_DSN) -> Tally:
+    """Compare the table with what the broker acknowledged (published) and what the fleet would hold; ``dsn`` for
+    a test with a database server of its own."""
+    with psycopg.connect(dsn, autocommit=True, options=f"-c search_path={schema} -c timezone=UTC") as conn:
         row = conn.execute("SELECT count(*) - count(DISTINCT (machine_id, time)) FROM readings").fetchone()
         duplicates = int(str(row[0])) if row else 0
+        cur = conn.execute(
+            """SELECT m.name, (extract(epoch FROM r.time) * 1000)::bigint, r.vals
+               FROM readings r JOIN machines m USING (machine_id)"""
+        )
+        stored = {(str(name), int(ms)): list(vals) for name, ms, vals in cur}
+    expected = fleet.expected()
     committed = sum(k in stored for k in published)
     wrong = sum(stored[k] != expected.get(k) for k in stored)
     return Tally(len(published), committed, len(published) - committed, wrong, duplicates)
+
+
+def count_rows_at(dsn: str, schema: str) -> int:
+    """Rows in ``schema``'s readings on the server at ``dsn``; -1 while that server is down."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=2, options=f"-c search_path={schema}") as conn:
+            row = conn.execute("SELECT count(*) FROM readings").fetchone()
+            return int(str(row[0])) if row else 0
+    except psycopg.OperationalError:
+        return -1
 
 
 def keyed(fleet: Fleet) -> list[tuple[str, bytes, list[Key]]]:
