@@ -276,17 +276,18 @@ def worker_env(settings: Settings, **ingest: object) -> dict[str, str]:
 
 @contextlib.contextmanager
 def worker(
-    env: dict[str, str], log: Path, *, wait_for: bytes = b"subscription scheme"
+    env: dict[str, str], log: Path, *, wait_for: bytes | None = b"subscription scheme", command: str = "ingest"
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m wearline ingest`` with ``env``, returned once ``wait_for`` appears in its log once more."""
-    before = log.read_bytes().count(wait_for) if log.exists() else 0
+    """``python -m wearline <command>`` with ``env``, returned once ``wait_for`` appears in its log once more (at
+    once with None); terminated (SIGTERM) on the way out if still running."""
+    before = log.read_bytes().count(wait_for) if wait_for is not None and log.exists() else 0
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wearline", "ingest"], env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", "wearline", *command.split()], env=env, stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
-        while log.read_bytes().count(wait_for) == before:
+        while wait_for is not None and log.read_bytes().count(wait_for) == before:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"ingest did not log {wait_for!r}: {log.read_text()[-3000:]}")
+                raise AssertionError(f"{command} did not log {wait_for!r}: {log.read_text()[-3000:]}")
             time.sleep(0.05)
         yield proc
     finally:
