@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from analytics._base import RunHistory
+from analytics._base import DataError, RunHistory
 from analytics._ewma import EwmaMad
 from analytics._offline import DETECTORS
 from analytics._rul_gbm import GbmRul
+from wearline.progress import SILENT, Bar
 
 __all__ = ["run_bench"]
 
@@ -37,8 +38,30 @@ def _runs(units: int, rows: int, sensors: int, seed: int, *, to_failure: bool) -
     return out
 
 
-def run_bench(*, machines: int, rows: int, sensors: int, history: int, seed: int, echo: Callable[[str], None]) -> None:
-    """Print one line per figure, then one JSON object with all of them."""
+def run_bench(
+    *,
+    machines: int,
+    rows: int,
+    sensors: int,
+    history: int,
+    seed: int,
+    echo: Callable[[str], None],
+    bar: Bar = SILENT,
+) -> None:
+    """Print one line per figure, then one JSON object with all of them; ``bar`` shows which part runs.
+
+    Options that describe no work (no machines, rows or sensors, fewer than 2 history rows, a negative seed) raise
+    :class:`DataError` naming the command-line option, before any work.
+    """
+    for option, value, least in (
+        ("--machines", machines, 1),
+        ("--rows", rows, 1),
+        ("--sensors", sensors, 1),
+        ("--history", history, 2),
+        ("--seed", seed, 0),
+    ):
+        if value < least:
+            raise DataError(f"{option} {value}: must be at least {least}")
     figures: dict[str, object] = {
         "rows": rows,
         "sensors": sensors,
@@ -52,6 +75,7 @@ def run_bench(*, machines: int, rows: int, sensors: int, history: int, seed: int
     data = _rows(rows, sensors, seed)
     base = _rows(2000, sensors, seed + 1)
     for name, make in DETECTORS.items():
+        bar.phase(f"{name}: scoring {rows:,} rows x {sensors} sensors")
         det = make()
         det.learn_many(base)
         det.score_many(base[:10])  # fit outside the timing
@@ -66,10 +90,12 @@ def run_bench(*, machines: int, rows: int, sensors: int, history: int, seed: int
         figures[f"{name}_readings_per_s"] = round(rate)
         figures[f"{name}_readings_per_cpu_s"] = round(per_core)
         echo(f"{name:12s} {rate:14,.0f} readings/s wall  {per_core:14,.0f} readings per CPU-second")
+    bar.phase("rul: fitting on 40 run-to-failure histories")
     train = _runs(40, history, sensors, seed + 2, to_failure=True)
     t0 = time.perf_counter()
     model = GbmRul(seed=seed).fit(train, [f"s{i}" for i in range(sensors)])
     fit_s = time.perf_counter() - t0
+    bar.phase(f"rul: refreshing {machines:,} machines")
     fleet = _runs(machines, history, sensors, seed + 3, to_failure=False)
     t0, c0 = time.perf_counter(), time.process_time()
     preds = model.predict(fleet)

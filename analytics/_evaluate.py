@@ -14,6 +14,7 @@ import numpy.typing as npt
 from analytics._base import DataError, Vector, clone
 from analytics._offline import AnomalyModel, DetectorName, RulModel, RulName, default_features
 from analytics._tabular import Table, read_table
+from wearline.progress import SILENT, Bar
 
 __all__ = ["EventCounts", "anomaly_metrics", "evaluate_dir", "phm08_score", "rul_metrics"]
 
@@ -175,6 +176,7 @@ def evaluate_dir(
     changes: bool = True,
     seed: int = 0,
     echo: Callable[[str], None] = print,
+    bar: Bar = SILENT,
 ) -> dict[str, Any]:
     """Fit on ``train.csv`` (+ ``train_truth.csv``), score ``test.csv`` against ``test_truth.csv`` and
     ``test_rul.csv``; returns the figures (best detector and RUL model by F1 and RMSE, and each one's).
@@ -184,7 +186,8 @@ def evaluate_dir(
     ``incipient_health=0`` counts it as a false alarm. RUL figures are also given capped at ``rul_cap_share`` x the
     mean training life (see :func:`rul_metrics`). Detectors learn from the training rows labelled fault-free in
     the first ``normal_share`` of each life. With ``changes`` the detectors also see each sensor's change from
-    the unit's row before."""
+    the unit's row before. ``echo`` gets a table of every model's and detector's figures (see
+    :func:`figures_table`); ``bar`` shows progress."""
     names = {n: folder / f"{n}.csv" for n in ("train", "train_truth", "test", "test_rul", "test_truth")}
     for n, p in names.items():
         if not p.is_file():
@@ -216,6 +219,7 @@ def evaluate_dir(
     mean_life = float(np.mean(lives))
     rul_results: dict[str, dict[str, float]] = {}
     for name in ruls:
+        bar.phase(f"RUL model {name}: fit and predict")
         model = RulModel.fit(
             train, unit=unit, time=time, features=features, condition=condition, by=by, model=name, seed=seed
         )
@@ -229,7 +233,6 @@ def evaluate_dir(
             mean_life,
             cap_h=rul_cap_share * mean_life,
         )
-        echo(f"rul {name:8s} {rul_results[name]}")
     if rul_results:
         best_rul = min(rul_results, key=lambda k: rul_results[k]["rul_rmse_h"])
         out.update({"rul_model": best_rul, **rul_results[best_rul], "rul_all": rul_results})
@@ -242,7 +245,9 @@ def evaluate_dir(
     train_t, test_t = train.hours(time), test.hours(time)
     groups_train = np.array(train.cols[by]) if by else np.full(len(train), "all")
     groups_test = np.array(test.cols[by]) if by else np.full(len(test), "all")
+    test_units = len(dict.fromkeys(test.cols[unit]))
     for det_name in detectors:
+        bar.phase(f"detector {det_name}: fit and score {test_units} test units", total=test_units)
         counts = EventCounts()
         for g in dict.fromkeys(groups_test.tolist()):
             # Normal operation to learn from: training rows labelled fault-free early in each life.
@@ -281,12 +286,71 @@ def evaluate_dir(
                 count_events(
                     test_t[rows], fault, flags, grace_h, counts, incipient=(health < incipient_health) & ~fault
                 )
+                bar.advance()
         det_results[det_name] = anomaly_metrics(counts)
-        echo(f"anomaly {det_name:12s} {det_results[det_name]}")
     if det_results:
         best = max(det_results, key=lambda k: (det_results[k]["f1"], -det_results[k]["false_alarms_per_machine_day"]))
         out.update({"detector": best, **det_results[best], "anomaly_all": det_results})
+    for line in figures_table(out):
+        echo(line)
     return out
+
+
+_RUL_COLUMNS = (
+    ("RMSE h", "rul_rmse_h"),
+    ("MAE h", "rul_mae_h"),
+    ("RMSE/life", "rul_rmse_share_of_mean_life"),
+    ("PHM08/unit", "rul_phm08_score_per_unit"),
+    ("coverage", "rul_interval_coverage"),
+    ("width h", "rul_interval_width_h_mean"),
+    ("RMSE h capped", "rul_rmse_h_capped"),
+)
+_ANOMALY_COLUMNS = (
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("F1", "f1"),
+    ("false/machine-day", "false_alarms_per_machine_day"),
+    ("delay h median", "detection_delay_h_median"),
+    ("events", "events"),
+    ("false", "false_alarms"),
+    ("early", "early_alarms"),
+)
+
+
+def figures_table(figures: dict[str, Any]) -> list[str]:
+    """``evaluate_dir``'s figures as aligned text: one row per RUL model and per detector, ``*`` on the best."""
+    lines: list[str] = []
+    for title, key, best, columns in (
+        ("RUL model", "rul_all", figures.get("rul_model"), _RUL_COLUMNS),
+        ("detector", "anomaly_all", figures.get("detector"), _ANOMALY_COLUMNS),
+    ):
+        results: dict[str, dict[str, float]] = figures.get(key, {})
+        if not results:
+            continue
+        header = [f"  {title}", *(label for label, _ in columns)]
+        rows = [
+            [("* " if name == best else "  ") + name, *(_cell(r.get(k, math.nan)) for _, k in columns)]
+            for name, r in results.items()
+        ]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            lines.append("  ".join(cells).rstrip())
+        lines.append("")
+    life = f", mean training life {figures['mean_life_h']:,.1f} h" if "mean_life_h" in figures else ""
+    lines.append(
+        f"* best by F1 (detectors) and RMSE (RUL models); {figures.get('features', 0)} features{life}; "
+        "every figure is in the JSON line below"
+    )
+    return lines
+
+
+def _cell(v: float) -> str:
+    if isinstance(v, int):
+        return f"{v:,}"
+    if math.isnan(v):
+        return "-"
+    return f"{v:,.3f}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
 def _early(table: Table, unit: str, t: Vector, share: float) -> Flags:

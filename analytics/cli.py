@@ -17,8 +17,12 @@ __all__ = ["app", "bench"]
 
 app = typer.Typer()
 bench = typer.Typer()
-rul_app = typer.Typer(help="Remaining useful life from run-to-failure histories.", no_args_is_help=True)
-anomaly_app = typer.Typer(help="Anomaly detection fit on normal operation.", no_args_is_help=True)
+_FILES = (
+    "Files: CSV or whitespace-separated; empty cells and NA, NaN, nan, null, NULL, N/A, n/a or - are missing values, "
+    "any other text in a numeric column is refused with its line."
+)
+rul_app = typer.Typer(help=f"Remaining useful life from run-to-failure histories. {_FILES}", no_args_is_help=True)
+anomaly_app = typer.Typer(help=f"Anomaly detection fit on normal operation. {_FILES}", no_args_is_help=True)
 app.add_typer(rul_app, name="rul")
 models_app = typer.Typer(help="Models the analytics worker scores with.", no_args_is_help=True)
 app.add_typer(anomaly_app, name="anomaly")
@@ -69,23 +73,26 @@ def rul_fit(
 ) -> None:
     """Fit RUL models on run-to-failure histories; retraining is running this again (a new version)."""
     from analytics import RulModel, read_table, save_model
+    from wearline.progress import progress
 
     settings_of(ctx, needs=OFFLINE)
     if model not in ("gbm", "trend"):
         raise typer.BadParameter(f"must be gbm or trend, not {model!r}", param_hint="--model")
     check_output(out, "--out")
-    table = read_table(train, _cols(columns) or None)
-    fitted = RulModel.fit(
-        table,
-        unit=unit,
-        time=time,
-        features=_cols(features) or None,
-        condition=_cols(condition),
-        by=by,
-        model="gbm" if model == "gbm" else "trend",
-        coverage=coverage,
-        seed=seed,
-    )
+    with progress(f"reading {train.name}") as bar:
+        table = read_table(train, _cols(columns) or None)
+        bar.phase(f"fitting {model} on {len(table):,} rows")
+        fitted = RulModel.fit(
+            table,
+            unit=unit,
+            time=time,
+            features=_cols(features) or None,
+            condition=_cols(condition),
+            by=by,
+            model="gbm" if model == "gbm" else "trend",
+            coverage=coverage,
+            seed=seed,
+        )
     meta = save_model(
         fitted,
         out,
@@ -153,22 +160,25 @@ def anomaly_fit(
 ) -> None:
     """Fit a detector on normal operation and pick its threshold from held-out normal rows."""
     from analytics import DETECTORS, AnomalyModel, read_table, save_model
+    from wearline.progress import progress
 
     settings_of(ctx, needs=OFFLINE)
     if detector not in DETECTORS:
         raise typer.BadParameter(f"must be one of {', '.join(DETECTORS)}, not {detector!r}", param_hint="--detector")
     check_output(out, "--out")
-    table = read_table(train, _cols(columns) or None)
-    fitted = AnomalyModel.fit(
-        table,
-        features=_cols(features) or None,
-        condition=_cols(condition),
-        detector=detector,  # type: ignore[arg-type]
-        persistence=persistence,
-        unit=unit,
-        changes=changes,
-        seed=seed,
-    )
+    with progress(f"reading {train.name}") as bar:
+        table = read_table(train, _cols(columns) or None)
+        bar.phase(f"fitting {detector} on {len(table):,} rows")
+        fitted = AnomalyModel.fit(
+            table,
+            features=_cols(features) or None,
+            condition=_cols(condition),
+            detector=detector,  # type: ignore[arg-type]
+            persistence=persistence,
+            unit=unit,
+            changes=changes,
+            seed=seed,
+        )
     meta = save_model(
         fitted,
         out,
@@ -224,9 +234,11 @@ def bench_analytics(
 ) -> None:
     """Scoring throughput of every detector (readings = rows x sensors) and a fleet RUL refresh; ends with JSON."""
     from analytics import run_bench
+    from wearline.progress import progress
 
     settings_of(ctx, needs=OFFLINE)
-    run_bench(machines=machines, rows=rows, sensors=sensors, history=history, seed=seed, echo=typer.echo)
+    with progress("benchmark") as bar:
+        run_bench(machines=machines, rows=rows, sensors=sensors, history=history, seed=seed, echo=typer.echo, bar=bar)
 
 
 @models_app.command("register")
@@ -323,23 +335,26 @@ def eval_(
     seed: int = 0,
 ) -> None:
     """Anomaly precision/recall/F1, false alarms per machine-day, detection delay; RUL RMSE, MAE, PHM08 score and
-    interval coverage on a held-out fleet; the last line is one JSON object."""
+    interval coverage on a held-out fleet: a table, then one JSON object as the last line."""
     import json
 
     from analytics import evaluate_dir
+    from wearline.progress import progress
 
     settings_of(ctx, needs=OFFLINE)
-    figures = evaluate_dir(
-        data,
-        detectors=_cols(detectors),  # type: ignore[arg-type]
-        ruls=_cols(models),  # type: ignore[arg-type]
-        persistence=persistence,
-        grace_h=grace_h,
-        rul_cap_share=rul_cap_share,
-        incipient_health=incipient_health,
-        normal_share=normal_share,
-        changes=changes,
-        seed=seed,
-        echo=typer.echo,
-    )
+    with progress("reading") as bar:
+        figures = evaluate_dir(
+            data,
+            detectors=_cols(detectors),  # type: ignore[arg-type]
+            ruls=_cols(models),  # type: ignore[arg-type]
+            persistence=persistence,
+            grace_h=grace_h,
+            rul_cap_share=rul_cap_share,
+            incipient_health=incipient_health,
+            normal_share=normal_share,
+            changes=changes,
+            seed=seed,
+            echo=typer.echo,
+            bar=bar,
+        )
     typer.echo(json.dumps(figures, sort_keys=True, default=float))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
+import queue
 import random
 import resource
 import shutil
@@ -33,15 +35,21 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 
 from wearline.db import connection_kwargs, migrate
+from wearline.errors import WearlineError
+from wearline.progress import Bar, progress
 from wearline.settings import Settings
 
-__all__ = ["BenchResult", "run_bench"]
+__all__ = ["BenchOptionError", "BenchResult", "run_bench"]
 
 log = logging.getLogger(__name__)
 
 SHIPPED_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "wearline.conf"
 _MAX_IN_FLIGHT = 2000  # publisher's own back-pressure: at most this many QoS 1 publishes unacknowledged
 _BATCH = 200  # publishes per socket write
+
+
+class BenchOptionError(WearlineError):
+    """A benchmark option that cannot describe a run (no machines, no readings, an endless duration)."""
 
 
 @dataclass
@@ -459,7 +467,65 @@ def run_bench(
 
     ``rate`` is messages per second offered (0: as fast as the publisher and the broker's acknowledgements allow).
     ``cprofile_to``: a directory where each worker writes its cProfile statistics (slows the workers down).
+    Impossible options raise :class:`BenchOptionError` naming the command-line option, before anything starts.
     """
+    _check_options(
+        workers=workers,
+        machines=machines,
+        sensors=sensors,
+        samples_per_message=samples_per_message,
+        duration_s=duration_s,
+        rate=rate,
+    )
+    with progress(f"profile {samples_per_message * sensors} readings/msg: starting") as bar:
+        return _run(
+            settings,
+            workers=workers,
+            machines=machines,
+            sensors=sensors,
+            samples_per_message=samples_per_message,
+            duration_s=duration_s,
+            rate=rate,
+            drain_timeout_s=drain_timeout_s,
+            cprofile_to=cprofile_to,
+            bar=bar,
+        )
+
+
+def _check_options(
+    *, workers: int, machines: int, sensors: int, samples_per_message: int, duration_s: float, rate: float
+) -> None:
+    # The command line bounds most of these already; a profile of 0 or fewer readings passes its multiple-of-sensors
+    # check, and an infinite rate or duration passes a lower bound (before: a run of bad_schema dead letters
+    # reported as negative throughput, or an OverflowError in the publisher).
+    for option, value in (("--workers", workers), ("--machines", machines), ("--sensors", sensors)):
+        if value < 1:
+            raise BenchOptionError(f"{option} {value}: must be at least 1")
+    if samples_per_message < 1:
+        raise BenchOptionError(
+            f"--profile {samples_per_message * sensors}: readings per message must be a positive multiple of "
+            f"--sensors {sensors}"
+        )
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise BenchOptionError(f"--duration {duration_s:g}: must be a finite number of seconds above 0")
+    if not (math.isfinite(rate) and rate >= 0):
+        raise BenchOptionError(f"--rate {rate:g}: must be a finite number of messages/s, or 0 for as fast as it can")
+
+
+def _run(
+    settings: Settings,
+    *,
+    workers: int,
+    machines: int,
+    sensors: int,
+    samples_per_message: int,
+    duration_s: float,
+    rate: float,
+    drain_timeout_s: float,
+    cprofile_to: Path | None,
+    bar: Bar,
+) -> BenchResult:
+    profile = f"profile {samples_per_message * sensors} readings/msg"
     ctx = mp.get_context("spawn")
     schema = f"wlbench_{uuid.uuid4().hex[:8]}"
     prefix = f"wlbench/{uuid.uuid4().hex[:6]}"
@@ -520,6 +586,7 @@ def run_bench(
             # subscription it has not seen yet, and messages published before it would be missing from the count.
             _wait_subscribed(ready, procs)
             pub.start()
+            bar.phase(f"{profile}: warm-up, registering {machines:,} machines")
             assert out.get(timeout=60) == ("warm", machines)
             # Wait for the warm-up (registering the fleet) to commit, but not forever; warm-up readings still count
             # towards loss.
@@ -538,12 +605,16 @@ def run_bench(
             go.set()
             published_msgs, publish_s, pub_use = None, 0.0, ProcessUse(0, 0)
             results: list[tuple[str, list[float], dict[str, float]]] = []
-            item = out.get(timeout=duration_s + 600)
+            item = _publisher_report(out, bar, f"{profile}: publishing", duration_s)
             _, published_msgs, publish_s, pub_dict = item
             pub_use = ProcessUse(**pub_dict)
             expected = warm_expected + published_msgs * samples_per_message * sensors
             deadline = time.monotonic() + drain_timeout_s
-            while sum(c.value for c in counters) < expected and time.monotonic() < deadline:
+            shown = sum(c.value for c in counters)
+            bar.phase(f"{profile}: waiting for the last commits", total=expected - shown)
+            while (now := sum(c.value for c in counters)) < expected and time.monotonic() < deadline:
+                bar.advance(now - shown)
+                shown = now
                 time.sleep(0.05)
             all_committed_s = time.monotonic() - t0
             broker_cpu = _proc_cpu_s(broker.pid) - broker_cpu0
@@ -582,6 +653,23 @@ def run_bench(
         workers_use=[ProcessUse(**use) for _, _, use in results],
         broker_cpu_s=round(broker_cpu, 2),
     )
+
+
+def _publisher_report(out: Any, bar: Bar, what: str, duration_s: float) -> Any:
+    """The publisher's closing report; the bar follows the publishing time meanwhile."""
+    bar.phase(what, total=duration_s)
+    started = time.monotonic()
+    shown = 0.0
+    while True:
+        try:
+            return out.get(timeout=0.25)
+        except queue.Empty:
+            elapsed = time.monotonic() - started
+            if elapsed > duration_s + 600:
+                raise RuntimeError(f"the publisher did not report within {duration_s + 600:.0f} s") from None
+            now = min(elapsed, duration_s)
+            bar.advance(now - shown)
+            shown = now
 
 
 def _wait_subscribed(ready: list[MpEvent], procs: list[Any]) -> None:
