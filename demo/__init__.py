@@ -5,5 +5,6 @@ imports none; ``wearline demo`` is its command.
 """
 
 from demo._run import DemoError, DemoResult, run_demo
+from demo._soak import SoakError, SoakOptions, SoakReport, run_soak
 
-__all__ = ["DemoError", "DemoResult", "run_demo"]
+__all__ = ["DemoError", "DemoResult", "SoakError", "SoakOptions", "SoakReport", "run_demo", "run_soak"]
