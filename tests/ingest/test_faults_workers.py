@@ -157,7 +157,7 @@ def test_analytics_kill_9_resumes_at_its_watermarks_and_scores_every_reading_onc
 @pytest.mark.faults
 @pytest.mark.timeout(150)
 def test_alerts_kill_9_folds_every_anomaly_into_one_live_ticket_once(schema: str, tmp_path: Path) -> None:
-    machines, per_machine = 200, 40
+    machines, per_machine = 100, 40
     total = machines * per_machine
     settings = make_settings(schema, unique("wlt/"), "native")
     asyncio.run(migrate(settings.database))
