@@ -63,7 +63,7 @@ _STAGES = ("ingest", "analytics", "alerts")
 _JUDGED = ("ingest", "analytics", "alerts", "broker")
 
 # Slots of the publisher's shared counters.
-_PUBLISHED, _ACKED, _RESENT, _CONNECTION, _LAG_MS, _START_MS = range(6)
+_PUBLISHED, _ACKED, _RESENT, _CONNECTION, _LAG_MS, _START_MS, _NO_SUBSCRIBERS, _REFUSED = range(8)
 
 
 class SoakError(WearlineError):
@@ -139,6 +139,10 @@ class SoakReport:
     lost_to_broker_kill: int = 0
     """Acknowledged on a connection that a broker kill -9 ended, then not committed: the broker's snapshot window."""
     broker_kills: int = 0
+    no_subscribers: int = 0
+    """PUBACKs saying no subscription matched (reason 0x10)."""
+    refused: int = 0
+    """PUBACKs with an error reason code (0x80 and up)."""
     broker_saved: bool = True
     """No failed snapshot in the broker's log (one that cannot save keeps nothing across a restart)."""
     autosave_interval: int = 0
@@ -159,11 +163,22 @@ class SoakReport:
         return self.lost_to_broker_kill <= self.broker_kills * self.autosave_interval
 
     def rss_growth(self) -> dict[str, tuple[float, float, float] | None]:
-        """Per judged role: (MB at the first sample after warm-up, MB at the last sample, growth), or None."""
+        """Per judged role: (the warm-up's peak MB, MB at the last sample, growth), or None with no sample after it.
+
+        The warm-up's peak, not its last sample: a broker keeps the memory of the largest backlog it held (an ingest
+        kill's), and that high-water mark, reached again later, is not a leak. Growth past it is."""
         out: dict[str, tuple[float, float, float] | None] = {}
+        cut = self.options.baseline_min
         for role in _JUDGED:
-            seen = [s.mb[role] for s in self.samples if role in s.mb and s.at_min >= self.options.baseline_min]
-            out[role] = (seen[0], seen[-1], seen[-1] / seen[0] - 1) if len(seen) >= 2 else None
+            seen = [(s.at_min, s.mb[role]) for s in self.samples if role in s.mb]
+            after = [mb for at, mb in seen if at > cut]
+            # The sample at or right after the cut closes the warm-up: a process may still be starting before it.
+            first = next((i for i, (at, _) in enumerate(seen) if at >= cut), None)
+            if first is None or not after or first == len(seen) - 1:
+                out[role] = None
+                continue
+            peak = max(mb for _, mb in seen[: first + 1])
+            out[role] = (peak, seen[-1][1], seen[-1][1] / peak - 1)
         return out
 
     @property
@@ -346,7 +361,8 @@ def _publish(
     pool = [
         orjson.dumps({f"s{j}": round(20.0 + 5 * j + rng.gauss(0, 0.5), 3) for j in range(SENSORS)}) for _ in range(997)
     ]
-    acks: deque[tuple[int, int]] = deque()  # (connection number, mid), appended by paho's network thread
+    # (connection number, mid, PUBACK reason code), appended by paho's network thread
+    acks: deque[tuple[int, int, int]] = deque()
     inflight: dict[int, int] = {}  # mid -> sample number, on the current connection
     resending: set[int] = set()  # sample numbers re-sent on the current connection
     conns: list[_Connection] = []
@@ -362,7 +378,7 @@ def _publish(
             )
             c.max_inflight_messages_set(_WINDOW)
             c.max_queued_messages_set(0)
-            c.on_publish = lambda _c, _u, mid, _rc, _p, n=number: acks.append((n, mid))
+            c.on_publish = lambda _c, _u, mid, rc, _p, n=number: acks.append((n, mid, int(rc.value)))
             try:
                 c.connect("127.0.0.1", port, keepalive=30)
             except OSError:
@@ -383,7 +399,13 @@ def _publish(
     def take_acks() -> None:
         current = len(conns) - 1
         while acks:
-            number, mid = acks.popleft()
+            number, mid, code = acks.popleft()
+            # 0x10: accepted, but no subscription matched (nobody will receive it); 0x80 and up: refused. Both are
+            # counted and printed: either would be a loss the broker told us about.
+            if code == 0x10:
+                shared[_NO_SUBSCRIBERS] += 1
+            elif code >= 0x80:
+                shared[_REFUSED] += 1
             if number != current:
                 continue  # an old connection's late callback: its in-flight messages were sent again
             g = inflight.pop(mid, None)
@@ -458,6 +480,8 @@ def _publish(
         {
             "published": g,
             "resent": int(shared[_RESENT]),
+            "no_subscribers": int(shared[_NO_SUBSCRIBERS]),
+            "refused": int(shared[_REFUSED]),
             "unacked": sorted(inflight.values()),
             "connections": conn_ranges,
         }
@@ -651,7 +675,7 @@ def _run(settings: Settings, options: SoakOptions, work: Path, say: Callable[[st
         ctx = mp.get_context("spawn")
         stop = ctx.Event()
         # Plain shared integers, no lock: one writer (the publisher), and the soak only prints what it reads.
-        shared: Any = ctx.RawArray("q", 6)
+        shared: Any = ctx.RawArray("q", 8)
         out: Any = ctx.Queue()
         publisher = None
         try:
@@ -763,6 +787,8 @@ def _tally(run: _Run, result: dict[str, Any]) -> None:
     conns: list[tuple[int, int, list[int]]] = result["connections"]
     r.published = published
     r.resent = result["resent"]
+    r.no_subscribers = result["no_subscribers"]
+    r.refused = result["refused"]
     r.unacknowledged = len(unacked)
     r.acknowledged = published - len(unacked)
     missing: list[int] = []
@@ -816,7 +842,8 @@ def report_lines(r: SoakReport) -> list[str]:
         f"soak: {r.seconds / 60:.1f} min at {o.effective_rate:,.0f} messages/s ({o.effective_rate * SENSORS:,.0f} "
         f"readings/s, {o.machines} machines every {o.step_ms} ms); schema {r.schema}",
         f"published {r.published:,}  acknowledged {r.acknowledged:,}  committed {r.committed:,}  "
-        f"re-sent {r.resent:,}  unacknowledged at the end {r.unacknowledged:,}",
+        f"re-sent {r.resent:,}  unacknowledged at the end {r.unacknowledged:,}  PUBACKs 'no subscribers' "
+        f"{r.no_subscribers:,}, refused {r.refused:,}",
         f"lost {r.lost}  lost to broker kill -9 {r.lost_to_broker_kill} (at most {r.autosave_interval:,} per kill, "
         f"{r.broker_kills} kill(s))  duplicate rows {r.duplicate_rows}  off-grid rows {r.off_grid_rows}  "
         f"anomalies {r.anomalies:,} (duplicates {r.duplicate_anomalies})  tickets {r.tickets}",
@@ -837,7 +864,7 @@ def report_lines(r: SoakReport) -> list[str]:
         )
         lines.append(f"  {s.at_min:>6.1f}{cells}")
     lines.append(
-        f"RSS first (after {o.baseline_min:g} min of warm-up) vs last, flat below {o.rss_growth_limit:.0%} growth:"
+        f"RSS peak of the warm-up (first {o.baseline_min:g} min) vs last, flat below {o.rss_growth_limit:.0%} growth:"
     )
     for role, g in r.rss_growth().items():
         if g is None:
