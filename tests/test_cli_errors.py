@@ -8,11 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
-
 from tests.conftest import TEST_DSN, TEST_MQTT, unique
-from wearline.cli import app
 
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
 
@@ -91,23 +87,3 @@ def test_a_broken_broker_setting_stops_online_commands_only(tmp_path: Path) -> N
     online = _run("ingest", env=bad)
     assert online.returncode == 2
     assert "mqtt.port (WEARLINE_MQTT__PORT)" in online.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "option"),
-    [
-        (("bench", "analytics", "--machines", "0"), "--machines"),
-        (("bench", "analytics", "--sensors", "0"), "--sensors"),
-        (("bench", "analytics", "--history", "0"), "--history"),
-        (("bench", "analytics", "--rows", "-5"), "--rows"),
-        (("bench", "ingest", "--machines", "0"), "--machines"),
-        (("bench", "ingest", "--sensors", "0"), "--sensors"),
-    ],
-)
-def test_benchmarks_refuse_an_empty_or_impossible_fleet_naming_the_option(args: tuple[str, ...], option: str) -> None:
-    """Before: `bench analytics --machines 0` ended in a numpy traceback (need at least one array to concatenate)."""
-    result = CliRunner().invoke(app, list(args))
-    print(result.output)
-    assert result.exit_code == 2
-    assert f"Invalid value for '{option}'" in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
