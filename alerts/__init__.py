@@ -14,6 +14,7 @@ from alerts._lifecycle import (
     resolve_cleared,
     set_status,
 )
+from alerts._rules import ISO_20816_ZONES, RuleBook, RuleError, RuleSet, load_rules
 from alerts._tickets import (
     Ticket,
     TicketEvent,
@@ -28,6 +29,7 @@ from alerts._tickets import (
     ticket_json,
 )
 from alerts._tokens import Scope, TokenError, TokenInfo, create_token, list_tokens, revoke_token
+from alerts._watch import WatchSummary, watch_dead_letters, watch_readings
 from alerts._webhooks import (
     Delivery,
     WebhookError,
@@ -42,12 +44,16 @@ from alerts._webhooks import (
 from alerts._worker import AlertsSummary, alerts_pass, lifecycle_durations, run_alerts
 
 __all__ = [
+    "ISO_20816_ZONES",
     "LIVE_STATUSES",
     "STATUSES",
     "AlertsSummary",
     "Delivery",
     "Evidence",
     "Filed",
+    "RuleBook",
+    "RuleError",
+    "RuleSet",
     "Scope",
     "Ticket",
     "TicketError",
@@ -55,6 +61,7 @@ __all__ = [
     "TicketQuery",
     "TokenError",
     "TokenInfo",
+    "WatchSummary",
     "WebhookError",
     "WebhookInfo",
     "add_webhook",
@@ -71,6 +78,7 @@ __all__ = [
     "list_tickets",
     "list_tokens",
     "list_webhooks",
+    "load_rules",
     "payload",
     "priority_for",
     "priority_for_rul",
@@ -85,4 +93,6 @@ __all__ = [
     "sign",
     "ticket_history",
     "ticket_json",
+    "watch_dead_letters",
+    "watch_readings",
 ]

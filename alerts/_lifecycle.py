@@ -16,6 +16,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alerts._rules import RuleSet, built_in
 from wearline.errors import WearlineError
 from wearline.settings import AlertsSettings
 
@@ -30,8 +31,10 @@ __all__ = [
     "comment",
     "escalate_unacknowledged",
     "file_evidence",
+    "live_ticket",
     "resolve_cleared",
     "set_status",
+    "still_seen",
     "team_for",
 ]
 
@@ -54,13 +57,22 @@ class TicketError(WearlineError):
     """A ticket action that cannot be done: an unknown ticket or a transition its status does not allow."""
 
 
+Source = Literal["anomaly", "remaining_life", "threshold", "silence", "dead_letters"]
+
+# One live ticket per line, machine (0: the line's gateway itself) and reason.
+_SAME_PROBLEM = "line_id = %(line)s AND coalesce(machine_id, 0) = %(m0)s AND reason = %(reason)s"
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """Something a machine did that calls for maintenance: an anomaly, a remaining-life estimate."""
+    """Something a machine (or, with ``machine_id`` None, a whole gateway's line) did that calls for maintenance:
+    an anomaly, a remaining-life estimate, a threshold crossed, silence, a flood of dead letters."""
 
-    machine_id: int
+    machine_id: int | None
+    line_id: int
     tenant_id: int
-    reason: str  # with the machine, the deduplication key: one live ticket per machine and failure mode
+    reason: str  # with the machine (or line), the deduplication key: one live ticket per machine and failure mode
+    source: Source
     kind: Literal["predictive", "corrective"]
     at: datetime  # reading time of the evidence
     priority: int
@@ -107,11 +119,15 @@ async def file_evidence(
     workers filing the first evidence at once would both find nothing live and one of them would fail on the
     unique index instead of appending.
     """
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", [ev.reason, ev.machine_id])
+    key = {"line": ev.line_id, "m0": ev.machine_id or 0, "reason": ev.reason}
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))",
+        [ev.reason, ev.machine_id if ev.machine_id is not None else -ev.line_id],
+    )
     detail = {**ev.details, "at": ev.at.isoformat()}
     cur = await conn.execute(
-        "SELECT ticket_id FROM tickets WHERE machine_id = %s AND reason = %s AND status = ANY(%s)",
-        [ev.machine_id, ev.reason, list(LIVE_STATUSES)],
+        f"SELECT ticket_id FROM tickets WHERE {_SAME_PROBLEM} AND status = ANY(%(live)s)",
+        {**key, "live": list(LIVE_STATUSES)},
     )
     live = await cur.fetchone()
     if live is not None:
@@ -136,12 +152,12 @@ async def file_evidence(
         return Filed(live[0], "appended")
     window = timedelta(seconds=settings.reopen_window_s)
     cur = await conn.execute(
-        """UPDATE tickets SET status = 'open', reopened = reopened + 1, reopened_at = %(now)s, resolved_at = NULL,
+        f"""UPDATE tickets SET status = 'open', reopened = reopened + 1, reopened_at = %(now)s, resolved_at = NULL,
                   acknowledged_at = NULL, escalation_level = 0, escalated_at = NULL, occurrences = occurrences + 1,
                   last_seen = greatest(last_seen, %(at)s), priority = least(priority, %(priority)s),
                   due_at = coalesce(%(due)s, due_at), details = %(details)s, updated_at = %(now)s
            WHERE ticket_id = (SELECT ticket_id FROM tickets
-                              WHERE machine_id = %(machine)s AND reason = %(reason)s AND status = 'resolved'
+                              WHERE {_SAME_PROBLEM} AND status = 'resolved'
                                 AND last_seen >= %(since)s
                               ORDER BY resolved_at DESC LIMIT 1)
            RETURNING ticket_id, last_seen""",
@@ -151,8 +167,7 @@ async def file_evidence(
             "priority": ev.priority,
             "due": ev.due_at,
             "details": Jsonb(ev.details),
-            "machine": ev.machine_id,
-            "reason": ev.reason,
+            **key,
             "since": ev.at - window,
         },
     )
@@ -162,15 +177,17 @@ async def file_evidence(
         await _event(conn, reopened[0], "reopened", actor="wearline", why=why, at=now, data=detail)
         return Filed(reopened[0], "reopened")
     cur = await conn.execute(
-        """INSERT INTO tickets (tenant_id, machine_id, reason, kind, priority, title, details, first_seen, last_seen,
-                                opened_at, updated_at, due_at, team)
-           VALUES (%(tenant)s, %(machine)s, %(reason)s, %(kind)s, %(priority)s, %(title)s, %(details)s, %(at)s, %(at)s,
-                   %(now)s, %(now)s, %(due)s, %(team)s)
+        """INSERT INTO tickets (tenant_id, machine_id, line_id, reason, source, kind, priority, title, details,
+                                first_seen, last_seen, opened_at, updated_at, due_at, team)
+           VALUES (%(tenant)s, %(machine)s, %(line)s, %(reason)s, %(source)s, %(kind)s, %(priority)s, %(title)s,
+                   %(details)s, %(at)s, %(at)s, %(now)s, %(now)s, %(due)s, %(team)s)
            RETURNING ticket_id""",
         {
             "tenant": ev.tenant_id,
             "machine": ev.machine_id,
+            "line": ev.line_id,
             "reason": ev.reason,
+            "source": ev.source,
             "kind": ev.kind,
             "priority": ev.priority,
             "title": ev.title,
@@ -283,48 +300,83 @@ async def comment(conn: psycopg.AsyncConnection[Any], ticket_id: int, text: str,
 
 
 async def escalate_unacknowledged(
-    conn: psycopg.AsyncConnection[Any], settings: AlertsSettings, *, now: datetime
+    conn: psycopg.AsyncConnection[Any], settings: AlertsSettings, *, now: datetime, rules: RuleSet | None = None
 ) -> list[tuple[int, int, str]]:
-    """Escalate open tickets nobody acknowledged within ``ack_timeout_s`` of opening, reopening or their last
-    escalation: one priority step up and the next level notified. Returns (ticket, level, who is notified).
+    """Escalate open tickets nobody acknowledged within their site's ``ack_timeout_s`` (rule files'
+    ``[[escalation]]``, else the settings) of opening, reopening or their last escalation: one priority step up and
+    the policy's next level notified. Returns (ticket, level, who is notified).
 
     SKIP LOCKED lets several alert workers share the pass; a ticket another worker just escalated no longer
     qualifies when its lock is released, because its escalation time moved.
     """
-    timeout = timedelta(seconds=settings.ack_timeout_s)
+    rules = rules or built_in(settings)
+    soonest = min(e.ack_timeout_s for e in rules.escalations)
     cur = await conn.execute(
-        """UPDATE tickets k SET escalation_level = k.escalation_level + 1, escalated_at = %(now)s,
-                  priority = greatest(1, k.priority - 1), updated_at = %(now)s
-           FROM (SELECT ticket_id, priority FROM tickets
-                 WHERE status = 'open'
-                   AND greatest(opened_at, reopened_at, escalated_at) <= %(due)s
-                 FOR UPDATE SKIP LOCKED) old
-           WHERE k.ticket_id = old.ticket_id
-           RETURNING k.ticket_id, k.escalation_level, old.priority, k.priority""",
-        {"now": now, "due": now - timeout},
+        """SELECT k.ticket_id, k.priority, k.escalation_level, greatest(k.opened_at, k.reopened_at, k.escalated_at),
+                  t.name, s.name, l.name
+           FROM tickets k JOIN tenants t ON t.tenant_id = k.tenant_id
+           JOIN lines l ON l.line_id = k.line_id JOIN sites s ON s.site_id = l.site_id
+           WHERE k.status = 'open' AND greatest(k.opened_at, k.reopened_at, k.escalated_at) <= %s
+           ORDER BY k.ticket_id
+           FOR UPDATE OF k SKIP LOCKED""",
+        [now - timedelta(seconds=soonest)],
     )
-    levels = settings.escalation_levels
     escalated = []
-    minutes = settings.ack_timeout_s / 60
-    for ticket_id, level, before, after in await cur.fetchall():
-        notify = levels[min(level, len(levels)) - 1]
-        why = f"not acknowledged within {minutes:g} min"
+    for ticket_id, before, was, since, *path in await cur.fetchall():
+        policy = rules.escalation_for(path[0], path[1], path[2])
+        if since > now - timedelta(seconds=policy.ack_timeout_s):
+            continue
+        level = was + 1
+        after = max(1, before - 1)
+        await conn.execute(
+            """UPDATE tickets SET escalation_level = %s, escalated_at = %s, priority = %s, updated_at = %s
+               WHERE ticket_id = %s""",
+            [level, now, after, now, ticket_id],
+        )
+        notify = policy.levels[min(level, len(policy.levels)) - 1]
+        why = f"not acknowledged within {policy.ack_timeout_s / 60:g} min"
         data = {"level": level, "notify": notify, "priority": {"from": before, "to": after}}
         await _event(conn, ticket_id, "escalated", actor="wearline", why=why, at=now, data=data)
         escalated.append((int(ticket_id), int(level), notify))
     return escalated
 
 
-# How far each reason's condition has been watched, in reading time: anomalies by the analytics watermark (the
-# machine was scored that far), remaining life by the newest estimate. A machine that went dark is not "clear".
-_WATCHED_THROUGH = """CASE t.reason
+# How far each ticket's condition has been watched: anomalies by the analytics watermark (the machine was scored
+# that far), remaining life by the newest estimate, thresholds and silence by the readings the rules have looked
+# at (for a gateway: any machine of its line), dead letters by the clock, since each pass counts them afresh.
+# A machine that went dark is not "clear".
+_WATCHED_THROUGH = """CASE t.source
     WHEN 'anomaly' THEN (SELECT max(w.last_time) FROM analytics_watermarks w WHERE w.machine_id = t.machine_id)
     WHEN 'remaining_life' THEN (SELECT max(r.time) FROM rul_estimates r WHERE r.machine_id = t.machine_id)
+    WHEN 'dead_letters' THEN %(now)s
+    ELSE (SELECT max(rw.checked_through) FROM rule_watch rw JOIN machines m USING (machine_id)
+          WHERE rw.machine_id = t.machine_id OR (t.machine_id IS NULL AND m.line_id = t.line_id))
     END"""
 
 
+async def live_ticket(conn: psycopg.AsyncConnection[Any], line_id: int, machine_id: int | None, reason: str) -> bool:
+    cur = await conn.execute(
+        f"SELECT 1 FROM tickets WHERE {_SAME_PROBLEM} AND status = ANY(%(live)s)",
+        {"line": line_id, "m0": machine_id or 0, "reason": reason, "live": list(LIVE_STATUSES)},
+    )
+    return await cur.fetchone() is not None
+
+
+async def still_seen(
+    conn: psycopg.AsyncConnection[Any], line_id: int, machine_id: int | None, reason: str, at: datetime
+) -> bool:
+    """A condition that persists (a threshold still breached, a gateway still dark) keeps its live ticket from
+    auto-resolving without an event per reading; returns whether there was a live ticket."""
+    cur = await conn.execute(
+        f"""UPDATE tickets SET last_seen = greatest(last_seen, %(at)s)
+            WHERE {_SAME_PROBLEM} AND status = ANY(%(live)s) RETURNING ticket_id""",
+        {"line": line_id, "m0": machine_id or 0, "reason": reason, "at": at, "live": list(LIVE_STATUSES)},
+    )
+    return await cur.fetchone() is not None
+
+
 async def resolve_cleared(conn: psycopg.AsyncConnection[Any], settings: AlertsSettings, *, now: datetime) -> list[int]:
-    """Resolve live tickets whose machine has been watched for ``resolve_hold_s`` past their last evidence with
+    """Resolve live tickets whose condition has been watched for ``resolve_hold_s`` past their last evidence with
     no new evidence. Returns the tickets resolved."""
     hold = timedelta(seconds=settings.resolve_hold_s)
     cur = await conn.execute(

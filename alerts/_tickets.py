@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from alerts._lifecycle import LIVE_STATUSES, STATUSES, Evidence, TicketError, file_evidence, team_for
+from alerts._lifecycle import LIVE_STATUSES, STATUSES, Evidence, TicketError, file_evidence, still_seen, team_for
+from alerts._rules import AnomalyRule, RuleSet, built_in
 from wearline.settings import AlertsSettings
 
 __all__ = [
@@ -85,23 +86,32 @@ def priority_for_rul(lower_h: float, horizon_h: float) -> int:
     return 4
 
 
-_MACHINE_PATH = """JOIN machines m USING (machine_id)
+_MACHINE_PATH = """JOIN machines m USING (machine_id) LEFT JOIN machine_types mt ON mt.type_id = m.type_id
                JOIN lines l USING (line_id) JOIN sites s USING (site_id) JOIN tenants t ON t.tenant_id = s.tenant_id"""
 
 
 async def process_anomalies(
-    conn: psycopg.AsyncConnection[Any], settings: AlertsSettings, *, now: datetime | None = None, limit: int = 500
+    conn: psycopg.AsyncConnection[Any],
+    settings: AlertsSettings,
+    *,
+    now: datetime | None = None,
+    limit: int = 500,
+    rules: RuleSet | None = None,
 ) -> tuple[int, int]:
-    """Fold unhandled anomalies into tickets; returns (tickets opened or reopened, anomalies handled).
+    """Fold unhandled anomalies into tickets by the machine's anomaly rules; returns (tickets opened or reopened,
+    anomalies handled).
 
-    Rows are claimed with SKIP LOCKED, so several alert workers can run side by side.
+    Rows are claimed with SKIP LOCKED, so several alert workers can run side by side. An anomaly that does not
+    (yet) satisfy a rule is handled all the same: a later one looks back at it to measure how long the machine has
+    been abnormal.
     """
+    rules = rules or built_in(settings)
     opened = handled = 0
     async with conn.transaction():
         now = now or await _now(conn)
         cur = await conn.execute(
-            f"""SELECT a.anomaly_id, a.machine_id, m.tenant_id, a.time, a.detector, a.score, a.threshold, a.sensors,
-                       t.name, s.name, l.name, m.name
+            f"""SELECT a.anomaly_id, a.machine_id, m.line_id, m.tenant_id, a.time, a.detector, a.score, a.threshold,
+                       a.sensors, mt.name, t.name, s.name, l.name, m.name
                 FROM anomalies a
                 {_MACHINE_PATH}
                 WHERE a.handled_at IS NULL
@@ -110,46 +120,104 @@ async def process_anomalies(
                 FOR UPDATE OF a SKIP LOCKED""",
             [limit],
         )
-        for anomaly_id, machine_id, tenant_id, at, detector, score, threshold, sensors, *path in await cur.fetchall():
-            details = {
-                "anomaly_id": anomaly_id,
-                "detector": detector,
-                "score": round(score, 2),
-                "threshold": threshold,
-                "sensors": sensors,
-            }
-            ev = Evidence(
-                machine_id=machine_id,
-                tenant_id=tenant_id,
-                reason="anomaly",
-                kind="corrective",
-                at=at,
-                priority=priority_for(score, threshold),
-                title=f"Abnormal {', '.join(sensors[:3]) or 'behaviour'} on {'/'.join(path)}",
-                details=details,
-                team=team_for(settings.teams, *path[:3]),
-            )
-            filed = await file_evidence(conn, ev, settings, now=now)
+        for (
+            anomaly_id,
+            machine_id,
+            line_id,
+            tenant_id,
+            at,
+            detector,
+            score,
+            threshold,
+            sensors,
+            mtype,
+            *path,
+        ) in await cur.fetchall():
+            ratio = score / threshold if threshold > 0 else float("inf")
+            ticket_id = None
+            for rule in rules.for_machine(path[0], path[1], path[2], path[3], mtype):
+                if rule.kind != "anomaly" or ratio < rule.hold_ratio:
+                    continue
+                if ratio < rule.open_ratio or rule.for_s > 0:
+                    # Hysteresis and duration only gate a new ticket: a live one takes any evidence at hold_ratio.
+                    live = await still_seen(conn, line_id, machine_id, rule.name, at)
+                    if not live and (
+                        ratio < rule.open_ratio or not await _abnormal_long_enough(conn, machine_id, at, rule)
+                    ):
+                        continue
+                ev = Evidence(
+                    machine_id=machine_id,
+                    line_id=line_id,
+                    tenant_id=tenant_id,
+                    reason=rule.name,
+                    source="anomaly",
+                    kind="corrective",
+                    at=at,
+                    priority=priority_for(score, threshold),
+                    title=f"Abnormal {', '.join(sensors[:3]) or 'behaviour'} on {'/'.join(path)}",
+                    details={
+                        "anomaly_id": anomaly_id,
+                        "detector": detector,
+                        "score": round(score, 2),
+                        "threshold": threshold,
+                        "sensors": sensors,
+                    },
+                    team=team_for(settings.teams, *path[:3]),
+                )
+                filed = await file_evidence(conn, ev, settings, now=now)
+                ticket_id = ticket_id or filed.ticket_id
+                opened += int(filed.action != "appended")
             await conn.execute(
                 "UPDATE anomalies SET handled_at = %s, ticket_id = %s WHERE anomaly_id = %s",
-                [now, filed.ticket_id, anomaly_id],
+                [now, ticket_id, anomaly_id],
             )
-            opened += int(filed.action != "appended")
             handled += 1
     return opened, handled
 
 
+async def _abnormal_long_enough(
+    conn: psycopg.AsyncConnection[Any], machine_id: int, at: datetime, rule: AnomalyRule
+) -> bool:
+    """Whether anomalies at ``open_ratio`` or more, none further apart than ``max_gap_s``, reach back ``for_s``
+    from ``at`` (this anomaly included)."""
+    if rule.for_s == 0:
+        return True
+    cur = await conn.execute(
+        """SELECT time FROM anomalies
+           WHERE machine_id = %s AND time <= %s AND time >= %s AND score >= threshold * %s
+           ORDER BY time DESC""",
+        [machine_id, at, at - timedelta(seconds=rule.for_s + rule.max_gap_s), rule.open_ratio],
+    )
+    times = [r[0] for r in await cur.fetchall()]
+    if not times or times[0] != at:
+        return False
+    gap = timedelta(seconds=rule.max_gap_s)
+    start = at
+    for t in times[1:]:
+        if start - t > gap:
+            break
+        start = t
+    return (at - start).total_seconds() >= rule.for_s
+
+
 async def process_rul(
-    conn: psycopg.AsyncConnection[Any], settings: AlertsSettings, *, now: datetime | None = None, limit: int = 500
+    conn: psycopg.AsyncConnection[Any],
+    settings: AlertsSettings,
+    *,
+    now: datetime | None = None,
+    limit: int = 500,
+    rules: RuleSet | None = None,
 ) -> tuple[int, int]:
-    """Turn remaining-life estimates whose interval's lower bound is under ``rul_horizon_h`` into predictive
-    tickets, due at the pessimistic failure time; returns (tickets opened or reopened, estimates handled)."""
+    """Turn remaining-life estimates whose interval's lower bound is under a remaining-life rule's horizon into
+    predictive tickets, due at the pessimistic failure time; returns (tickets opened or reopened, estimates
+    handled)."""
+    rules = rules or built_in(settings)
     opened = handled = 0
     async with conn.transaction():
         now = now or await _now(conn)
         cur = await conn.execute(
-            f"""SELECT r.machine_id, m.tenant_id, r.time, r.model, r.model_version, r.rul_hours, r.lower_hours,
-                       r.upper_hours, t.name, s.name, l.name, m.name
+            f"""SELECT r.machine_id, m.line_id, m.tenant_id, r.time, r.model, r.model_version, r.rul_hours,
+                       r.lower_hours, r.upper_hours, mt.name, t.name, s.name, l.name, m.name
                 FROM rul_estimates r
                 {_MACHINE_PATH}
                 WHERE r.handled_at IS NULL
@@ -159,35 +227,39 @@ async def process_rul(
             [limit],
         )
         rows = await cur.fetchall()
-        for machine_id, tenant_id, at, model, version, rul, lower, upper, *path in rows:
+        for machine_id, line_id, tenant_id, at, model, version, rul, lower, upper, mtype, *path in rows:
             handled += 1
-            if lower >= settings.rul_horizon_h:
-                continue
-            ev = Evidence(
-                machine_id=machine_id,
-                tenant_id=tenant_id,
-                reason="remaining_life",
-                kind="predictive",
-                at=at,
-                priority=priority_for_rul(lower, settings.rul_horizon_h),
-                title=f"Predicted failure of {'/'.join(path)} in {lower:.0f}-{upper:.0f} h (best estimate {rul:.0f} h)",
-                details={
-                    "model": model,
-                    "model_version": version,
-                    "rul_hours": round(rul, 1),
-                    "lower_hours": round(lower, 1),
-                    "upper_hours": round(upper, 1),
-                },
-                due_at=at + timedelta(hours=lower),
-                team=team_for(settings.teams, *path[:3]),
-            )
-            filed = await file_evidence(conn, ev, settings, now=now)
-            opened += int(filed.action != "appended")
+            for rule in rules.for_machine(path[0], path[1], path[2], path[3], mtype):
+                if rule.kind != "remaining_life" or lower >= rule.horizon_h:
+                    continue
+                ev = Evidence(
+                    machine_id=machine_id,
+                    line_id=line_id,
+                    tenant_id=tenant_id,
+                    reason=rule.name,
+                    source="remaining_life",
+                    kind="predictive",
+                    at=at,
+                    priority=priority_for_rul(lower, rule.horizon_h),
+                    title=f"Predicted failure of {'/'.join(path)} in {lower:.0f}-{upper:.0f} h "
+                    f"(best estimate {rul:.0f} h)",
+                    details={
+                        "model": model,
+                        "model_version": version,
+                        "rul_hours": round(rul, 1),
+                        "lower_hours": round(lower, 1),
+                        "upper_hours": round(upper, 1),
+                    },
+                    due_at=at + timedelta(hours=lower),
+                    team=team_for(settings.teams, *path[:3]),
+                )
+                filed = await file_evidence(conn, ev, settings, now=now)
+                opened += int(filed.action != "appended")
         if rows:
             await conn.execute(
                 "UPDATE rul_estimates SET handled_at = %s WHERE (machine_id, time, model) IN "
                 "(SELECT * FROM unnest(%s::int[], %s::timestamptz[], %s::text[]))",
-                [now, [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows]],
+                [now, [r[0] for r in rows], [r[3] for r in rows], [r[4] for r in rows]],
             )
     return opened, handled
 
@@ -200,13 +272,13 @@ async def _now(conn: psycopg.AsyncConnection[Any]) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-_TICKET_COLUMNS = """k.ticket_id, t.name AS tenant, s.name || '/' || l.name || '/' || m.name AS machine, k.reason,
+_TICKET_COLUMNS = """k.ticket_id, t.name AS tenant, s.name || '/' || l.name || '/' || coalesce(m.name, '') AS machine, k.reason,
                   k.kind, k.priority, k.status, k.title, k.occurrences, k.first_seen, k.last_seen, k.opened_at,
                   k.due_at, k.team, k.assignee, k.escalation_level, k.reopened, k.external_id, k.details
            FROM tickets k
            JOIN tenants t ON t.tenant_id = k.tenant_id
-           JOIN machines m ON m.machine_id = k.machine_id
-           JOIN lines l ON l.line_id = m.line_id JOIN sites s ON s.site_id = l.site_id"""
+           LEFT JOIN machines m ON m.machine_id = k.machine_id
+           JOIN lines l ON l.line_id = k.line_id JOIN sites s ON s.site_id = l.site_id"""
 
 
 @dataclass(frozen=True)
@@ -292,7 +364,7 @@ def ticket_json(t: Ticket) -> dict[str, Any]:
         "tenant": t.tenant,
         "site": site,
         "line": line,
-        "machine": machine,
+        "machine": machine or None,  # None: the ticket is about the gateway of the whole line
         "failure_mode": t.reason,
         "type": t.kind,
         "priority": t.priority,

@@ -14,7 +14,9 @@ import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from alerts._lifecycle import LIVE_STATUSES, escalate_unacknowledged, resolve_cleared
+from alerts._rules import RuleBook, RuleSet, load_rules
 from alerts._tickets import _now, process_anomalies, process_rul
+from alerts._watch import watch_dead_letters, watch_readings
 from alerts._webhooks import deliver_due
 from wearline.db import open_pool
 from wearline.settings import AlertsSettings, Settings
@@ -31,6 +33,7 @@ class AlertsSummary:
     estimates_handled: int = 0
     escalations: int = 0
     auto_resolved: int = 0
+    readings_watched: int = 0
 
 
 class _Metrics:
@@ -83,6 +86,19 @@ class _Metrics:
             buckets=buckets,
             registry=registry,
         )
+        self.readings = Counter(
+            "wearline_alerts_readings_watched_total",
+            "Readings examined by threshold and silence rules.",
+            registry=registry,
+        )
+        self.rule_reloads = Counter(
+            "wearline_alerts_rule_reloads_total",
+            "Rule files reloaded after a change, by outcome (ok; error: the previous rules stayed).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("ok", "error"):
+            self.rule_reloads.labels(outcome)
         self.outbox = Gauge(
             "wearline_alerts_outbox_pending",
             "Webhook deliveries not yet made (due or waiting to retry).",
@@ -90,19 +106,37 @@ class _Metrics:
         )
 
 
-async def alerts_pass(conn: psycopg.AsyncConnection[Any], settings: AlertsSettings) -> AlertsSummary:
-    """One pass over new evidence, then the lifecycle's clock-driven changes."""
-    opened_a, anomalies = await process_anomalies(conn, settings)
-    opened_r, estimates = await process_rul(conn, settings)
+async def alerts_pass(
+    conn: psycopg.AsyncConnection[Any],
+    settings: AlertsSettings,
+    *,
+    rules: RuleSet | None = None,
+    topic_prefix: str = "wearline",
+) -> AlertsSummary:
+    """One pass over new evidence (anomalies, remaining-life estimates, readings, dead letters) by the rules, then
+    the lifecycle's clock-driven changes. ``rules`` defaults to the settings' rule files, read now."""
+    rules = rules or load_rules(settings)
+    opened_a, anomalies = await process_anomalies(conn, settings, rules=rules)
+    opened_r, estimates = await process_rul(conn, settings, rules=rules)
     async with conn.transaction():
         now = await _now(conn)
-        escalated = await escalate_unacknowledged(conn, settings, now=now)
+        watched = await watch_readings(conn, settings, rules, now=now)
+        opened_d = await watch_dead_letters(conn, settings, rules, topic_prefix, now=now)
+    async with conn.transaction():
+        escalated = await escalate_unacknowledged(conn, settings, now=now, rules=rules)
         resolved = await resolve_cleared(conn, settings, now=now)
     for ticket_id, level, notify in escalated:
         log.warning("ticket #%d escalated to level %d: notify %s", ticket_id, level, notify)
     if resolved:
         log.info("resolved %d ticket(s) whose condition cleared: %s", len(resolved), resolved)
-    return AlertsSummary(opened_a + opened_r, anomalies, estimates, len(escalated), len(resolved))
+    return AlertsSummary(
+        opened_a + opened_r + watched.opened + opened_d,
+        anomalies,
+        estimates,
+        len(escalated),
+        len(resolved),
+        watched.readings,
+    )
 
 
 async def lifecycle_durations(
@@ -135,15 +169,19 @@ async def run_alerts(
 ) -> AlertsSummary:
     """Process evidence and the ticket lifecycle until ``stop`` is set."""
     metrics = _Metrics(registry)
+    book = RuleBook(settings.alerts)
+    log.info("alert rules: %d from %d file(s)", len(book.current.rules), len(book.current.files))
     total = AlertsSummary()
     pool = await open_pool(settings.database, name="alerts")
     client = httpx.AsyncClient(follow_redirects=False)
+    reloads = (0, 0)
     seen_event: int | None = None  # durations count from this process's start: a restart does not count twice
     try:
         while not stop.is_set():
             try:
                 async with pool.connection() as conn:
-                    done = await alerts_pass(conn, settings.alerts)
+                    rules = book.refresh()
+                    done = await alerts_pass(conn, settings.alerts, rules=rules, topic_prefix=settings.topic_prefix)
                     deliveries = await deliver_due(conn, client, settings.alerts)
                     cur = await conn.execute(
                         "SELECT priority, count(*) FROM tickets WHERE status = ANY(%s) GROUP BY priority",
@@ -174,6 +212,10 @@ async def run_alerts(
             metrics.handled.inc(done.anomalies_handled)
             metrics.estimates.inc(done.estimates_handled)
             metrics.escalations.inc(done.escalations)
+            metrics.readings.inc(done.readings_watched)
+            metrics.rule_reloads.labels("ok").inc(book.reloads - reloads[0])
+            metrics.rule_reloads.labels("error").inc(book.reload_errors - reloads[1])
+            reloads = (book.reloads, book.reload_errors)
             metrics.auto_resolved.inc(done.auto_resolved)
             if live is not None:
                 for p in range(1, 5):

@@ -221,6 +221,8 @@ class AlertsSettings(_Section):
         "plant manager",
     ]
     """Who each escalation notifies, in order; past the last, the last again."""
+    rules: list[Path] = []
+    """Alert rule files (TOML) or folders of them, in override order: see docs/alerts.md. Reloaded on change."""
     teams: dict[str, str] = {}
     """The team a new ticket is assigned to, by ``tenant/site`` or ``tenant/site/line`` (the longer key wins)."""
     webhook_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
@@ -358,13 +360,16 @@ def _read_toml(path: Path, named_by: str) -> tuple[dict[str, Any], str]:
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
-        where = re.search(r"\(at line (\d+), column (\d+)\)$", str(exc))
-        if where is None:
-            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
-        reason = str(exc)[: where.start()].rstrip()
-        raise SettingsError(
-            f"{path} line {where.group(1)}: not valid TOML: {reason} (column {where.group(2)})"
-        ) from exc
+        raise SettingsError(toml_error(path, exc)) from exc
+
+
+def toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """A TOML syntax error as one line that starts with the file and line, like every other file error."""
+    where = re.search(r"\(at line (\d+), column (\d+)\)$", str(exc))
+    if where is None:
+        return f"{path}: not valid TOML: {exc}"
+    reason = str(exc)[: where.start()].rstrip()
+    return f"{path} line {where.group(1)}: not valid TOML: {reason} (column {where.group(2)})"
 
 
 def _unknown_variables(needs: frozenset[str] | None) -> list[str]:
