@@ -63,7 +63,7 @@ _TICKETS = _env.from_string(
 {% for t in tickets %}<tr id="ticket-{{ t.ticket_id }}">
 <td>{{ t.ticket_id }}</td><td class="P{{ t.priority }}">P{{ t.priority }}</td>
 <td class="status">{{ t.status.replace('_', ' ') }}</td>
-<td><a href="/board/machines/{{ machine_ids[t.ticket_id] }}">{{ t.machine }}</a></td><td>{{ t.title }}</td>
+<td>{% if machine_ids[t.ticket_id] %}<a href="/board/machines/{{ machine_ids[t.ticket_id] }}">{{ t.machine }}</a>{% else %}{{ t.machine }}(gateway){% endif %}</td><td>{{ t.title }}</td>
 <td>{{ t.kind }}</td><td>{{ t.team or '-' }} / {{ t.assignee or '-' }}</td>
 <td>{{ t.due_at.strftime('%Y-%m-%d %H:%M') if t.due_at else '-' }}</td>
 <td>x{{ t.occurrences }} since {{ t.first_seen.strftime('%m-%d %H:%M') }}</td>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +22,10 @@ webhooks_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(webhooks_app, name="webhooks")
+rules_app = typer.Typer(
+    help="Alert rules: check rule files before the alerts stage reloads them.", no_args_is_help=True
+)
+app.add_typer(rules_app, name="rules")
 
 
 @app.command()
@@ -43,6 +48,31 @@ def api(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     run_async(check_migrated(settings.database))
     run_stage(ctx, "api", serve_api, settings.api.metrics_port)
+
+
+@rules_app.command("check")
+def rules_check(
+    ctx: typer.Context,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Rule files or folders, in override order (default: the settings' alerts.rules)."),
+    ] = None,
+) -> None:
+    """Validate rule files and list the rules they define; exit 2 naming file, line and key of the first problem."""
+    from alerts import load_rules
+
+    settings = settings_of(ctx, needs=frozenset({"alerts"})).alerts
+    if files:
+        settings = settings.model_copy(update={"rules": files})
+    rules = load_rules(settings)
+    for i, r in enumerate(rules.rules):
+        scope = ", ".join(f"{k}={v}" for k, v in r.where.model_dump(exclude_none=True).items()) or "every machine"
+        state = " (built in, from the settings)" if i < 2 else ("" if r.enabled else " (switched off)")
+        typer.echo(f"{r.name:<24} {r.kind:<15} {scope}{state}")
+    for e in rules.escalations[1:]:
+        scope = ", ".join(f"{k}={v}" for k, v in e.where.model_dump(exclude_none=True).items()) or "everywhere"
+        typer.echo(f"escalation {scope}: after {e.ack_timeout_s / 60:g} min -> {', '.join(e.levels)}")
+    typer.echo(f"ok: {len(rules.rules)} rules ({len(rules.rules) - 2} from {len(rules.files)} file(s))")
 
 
 @tickets_app.command("list")

@@ -268,4 +268,5 @@ def test_maintenance_block_runs_as_written(env: dict[str, str], tmp_path: Path) 
     assert outputs[0].splitlines()[1].startswith("wlt_"), "the token is printed"
     assert "Abnormal vibration_rms on pump-002" in outputs[1]
     assert outputs[2] == "#1 acknowledged\n"
-    assert "webhook #1 for tenant acme" in outputs[3]
+    assert "vibration-zone" in outputs[3]
+    assert "webhook #1 for tenant acme" in outputs[4]

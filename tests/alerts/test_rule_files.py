@@ -4,6 +4,8 @@ earlier ones where their scope matches; a changed file is reloaded, a broken cha
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,25 @@ def test_the_alerts_stage_refuses_to_start_on_a_bad_rule_file(tmp_path: Path) ->
     path = _write(tmp_path / "r.toml", '[[rule]]\nname = "hot"\nkind = "threshold"\nsensor = "t"\n')
     with pytest.raises(alerts.RuleError, match="exactly one of above or below"):
         alerts.RuleBook(_settings(path))
+
+
+def test_rules_check_validates_the_shipped_rules_and_names_a_broken_files_line(tmp_path: Path) -> None:
+    wearline = str(Path(sys.executable).with_name("wearline"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")}
+    shipped = Path(__file__).parents[2] / "deploy" / "rules"
+    ok = subprocess.run(
+        [wearline, "rules", "check", str(shipped)], env=env, capture_output=True, text=True, check=False
+    )
+    print(ok.stdout, ok.stderr)
+    assert ok.returncode == 0
+    assert "vibration-zone" in ok.stdout
+    assert "ok: 8 rules (6 from 1 file(s))" in ok.stdout
+    bad = _write(tmp_path / "bad.toml", '[[rule]]\nname = "x"\nkind = "silence"\nfactor = 1\n')
+    refused = subprocess.run(
+        [wearline, "rules", "check", str(bad)], env=env, capture_output=True, text=True, check=False
+    )
+    print(refused.stderr)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {bad} line 4: [[rule]] #1, factor: Input should be greater than or equal to 2"
+    ]
