@@ -22,8 +22,12 @@ def demo(
     timeout: Annotated[
         float, typer.Option(min=10, help="Give up if no ticket appears within this many seconds.")
     ] = 120,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep the stages and the board running after the ticket, until Ctrl-C.")
+    ] = False,
 ) -> None:
-    """Run the whole chain on a small fleet with one fault, and print the ticket it raises.
+    """Run the whole chain on a small fleet with one fault, print the ticket it raises, and acknowledge it through the
+    REST API as a maintenance team's tool would (the API on api.host:api.port).
 
     Uses its own schema (database.schema + '_demo', recreated each run) and topic prefix (topic_prefix + '-demo').
     """
@@ -49,10 +53,10 @@ def demo(
 
     async def body(stop: asyncio.Event) -> None:
         nonlocal result
-        result = await run_demo(settings, stop, machines=machines, timeout_s=timeout)
+        result = await run_demo(settings, stop, machines=machines, timeout_s=timeout, serve=serve)
 
     run_async(run_service("demo", body, grace_s=settings.shutdown_grace_s))
-    if result is not None and result.interrupted:
+    if result is not None and result.interrupted and result.ticket is None:
         typer.echo(f"demo: interrupted after {result.seconds:.1f} s, before a ticket appeared", err=True)
         raise typer.Exit(130)
     if result is None or result.ticket is None:
@@ -67,3 +71,12 @@ def demo(
     typer.echo(f"  machine:    {t.tenant}/{t.machine}")
     typer.echo(f"  first seen: {t.first_seen.isoformat()}")
     typer.echo(f"  details:    {t.details}")
+    if result.acknowledged is not None:
+        ack = result.acknowledged
+        typer.echo(
+            f"\nAcknowledged through the API: POST /api/v1/tickets/{t.ticket_id}/acknowledge -> status "
+            f"{ack['status']}, by {ack['events'][-1]['actor']}"
+        )
+        typer.echo(f"Board: {result.board} (sign in with the token below; `wearline demo --serve` keeps it up)")
+        typer.echo(f"Token: {result.token}")
+        typer.echo(f"Browse it later: WEARLINE_DATABASE__SCHEMA={settings.database.schema_name} wearline api")

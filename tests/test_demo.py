@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import TEST_DSN, TEST_MQTT, drop_schema, unique
@@ -81,3 +82,29 @@ def test_demo_interrupted_says_so(demo_env: dict[str, str]) -> None:
     assert "interrupted" in err
     assert "no ticket appeared" not in err
     assert "Traceback" not in err
+
+
+def test_demo_raises_a_ticket_and_acknowledges_it_through_the_api(demo_env: dict[str, str]) -> None:
+    """Issue 12, item 7: the ticket, the board's address, and an acknowledgement made through the REST API with a
+    token of the ticket's tenant (the ticket's history names who did it)."""
+    port = _free_port()
+    done = subprocess.run(
+        [WEARLINE, "demo", "--timeout", "150"],
+        env={**demo_env, "WEARLINE_API__PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    print(done.stdout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Ticket #1 " in done.stdout
+    assert "Abnormal vibration_rms on acme/" in done.stdout
+    assert "POST /api/v1/tickets/1/acknowledge -> status acknowledged, by demo via demo" in done.stdout
+    assert f"Board: http://127.0.0.1:{port}/board" in done.stdout
+    schema = f"{demo_env['WEARLINE_DATABASE__SCHEMA']}_demo"
+    with psycopg.connect(TEST_DSN, options=f"-c search_path={schema}") as conn:
+        status = conn.execute("SELECT status FROM tickets WHERE ticket_id = 1").fetchone()
+        acks = conn.execute("SELECT actor, why FROM ticket_events WHERE ticket_id = 1 AND kind = 'status'").fetchall()
+    assert status == ("acknowledged",)
+    assert acks == [("demo via demo", "acknowledged through the API by the demo")]
