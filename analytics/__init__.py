@@ -30,7 +30,7 @@ from analytics._regime import ConditionEncoder, RegimeScaler
 from analytics._registry import RegisteredModel, list_models, read_model_file, register_model
 from analytics._rul_gbm import GbmRul
 from analytics._rul_trend import TrendRul
-from analytics._store import load_model, save_model
+from analytics._store import convert_pickle, load_model, save_model
 from analytics._tabular import Table, read_table, write_rows
 from analytics._threshold import Thresholded
 from analytics._worker import AnalyticsSummary, run_analytics
@@ -62,6 +62,7 @@ __all__ = [
     "Thresholded",
     "TrendRul",
     "clone",
+    "convert_pickle",
     "evaluate_dir",
     "list_models",
     "load_model",

@@ -77,7 +77,8 @@ class EwmaMad(Detector):
         self.rel_floor = rel_floor
         self.condition = list(condition)
         self.condition_digits = condition_digits
-        self._states: dict[tuple[float, ...], _State] = {}
+        # Keyed by the regime's condition values as text: a model file (skops) keeps string keys only.
+        self._states: dict[str, _State] = {}
 
     def learn_many(self, rows: Matrix) -> None:
         self._run(rows, commit=True)
@@ -108,11 +109,13 @@ class EwmaMad(Detector):
         cond_idx = [self.feature_names.index(c) for c in self.condition if c in self.feature_names]
         out = np.zeros(rows.shape)
         if not cond_idx:
-            groups: list[tuple[tuple[float, ...], npt.NDArray[np.intp]]] = [((), np.arange(len(rows)))]
+            groups: list[tuple[str, npt.NDArray[np.intp]]] = [("", np.arange(len(rows)))]
         else:
             keys = np.round(np.nan_to_num(rows[:, cond_idx], nan=-1.0), self.condition_digits)
             uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-            groups = [(tuple(float(v) for v in u), np.flatnonzero(inv.ravel() == g)) for g, u in enumerate(uniq)]
+            groups = [
+                (",".join(repr(float(v)) for v in u), np.flatnonzero(inv.ravel() == g)) for g, u in enumerate(uniq)
+            ]
         for key, idx in groups:
             state = self._states.get(key)
             state = _State() if state is None else copy.deepcopy(state) if not commit else state

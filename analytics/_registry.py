@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import pickle
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +14,9 @@ from psycopg.types.json import Jsonb
 
 from analytics._base import ModelError
 from analytics._offline import AnomalyModel, RulModel
-from analytics._store import load_model
+from analytics._store import deserialize, load_model
+
+log = logging.getLogger("analytics._worker")
 
 __all__ = ["ModelCache", "RegisteredModel", "list_models", "read_model_file", "register_model"]
 
@@ -76,7 +78,7 @@ async def list_models(
 
 
 class ModelCache:
-    """Newest model per kind and machine type, unpickled once per version."""
+    """Newest model per kind and machine type, loaded once per version."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str], tuple[str, object]] = {}
@@ -99,9 +101,16 @@ class ModelCache:
         blob = await cur.fetchone()
         assert blob is not None
         try:
-            model = pickle.loads(blob[0])  # noqa: S301 - written by register_model from a checked model file
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-            raise ModelError(f"registered {kind} model {row[0]} for {machine_type} cannot be loaded: {exc}") from exc
+            model: object = deserialize(bytes(blob[0]), f"registered {kind} model {row[0]} for {machine_type}")
+        except ModelError as exc:
+            # Said once per version: the worker goes on without it (and scores what other models it has).
+            log.error(
+                "%s; machines of type %s go without a %s model until a usable one is registered",
+                exc,
+                machine_type,
+                kind,
+            )
+            model = None
         self._cache[(kind, machine_type)] = (str(row[0]), model)
         return str(row[0]), model
 

@@ -264,6 +264,32 @@ def models_register(
     typer.echo(f"registered {meta['kind']} model {run_async(store())} for machine type {machine_type}")
 
 
+@models_app.command("convert")
+def models_convert(
+    ctx: typer.Context,
+    model: Annotated[
+        Path, typer.Argument(help="A model file of format 1 (a pickle, from before Wearline refused them).")
+    ],
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle", help="Confirm that you know where the file comes from: unpickling runs its code."
+        ),
+    ] = False,
+) -> None:
+    """Rewrite an old pickled model in the safe format (skops), keeping its version and metadata."""
+    from analytics import ModelError, convert_pickle
+
+    settings_of(ctx, needs={"log"})
+    if not trust_pickle:
+        raise ModelError(
+            f"{model}: converting unpickles the file, which runs any code in it; add --trust-pickle if you wrote it "
+            "(or fit the model again)"
+        )
+    meta = convert_pickle(model)
+    typer.echo(f"converted {model} ({meta['kind']} model {meta['version']}) to format {meta['format']}")
+
+
 @models_app.command("list")
 def models_list(
     ctx: typer.Context,

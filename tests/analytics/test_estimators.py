@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +24,7 @@ from analytics import (
 )
 from analytics._features import unit_feature_names, unit_features
 from analytics._regime import RegimeScaler
+from analytics._store import deserialize, serialize
 from tests.analytics import synth
 
 NAMES = [*synth.SENSORS, "cond"]
@@ -75,11 +75,11 @@ def test_clone_is_unfitted_with_same_params(make_det: Callable[[], Detector]) ->
     np.testing.assert_allclose(twin.score_many(test), det.score_many(test))
 
 
-def test_pickle_round_trip_scores_the_same(make_det: Callable[[], Detector]) -> None:
+def test_model_file_round_trip_scores_the_same(make_det: Callable[[], Detector]) -> None:
     det = _trained(make_det)
     test = synth.faulty(200, 9)
     before = det.score_many(test)
-    again = pickle.loads(pickle.dumps(det))
+    again = deserialize(serialize(det), "detector")  # the model files' format: only trusted types
     np.testing.assert_allclose(again.score_many(test), before)
 
 
@@ -180,12 +180,12 @@ def _test_cuts() -> tuple[list[RunHistory], np.ndarray]:
     return [c for c, _ in cuts], np.array([t for _, t in cuts])
 
 
-def test_rul_clone_pickle_and_seed(make_rul: Callable[[], RulEstimator]) -> None:
+def test_rul_clone_model_file_and_seed(make_rul: Callable[[], RulEstimator]) -> None:
     est = _fitted(make_rul)
     cuts, _ = _test_cuts()
     pred = [p.rul for p in est.predict(cuts)]
     assert clone(est).params() == est.params()
-    assert [p.rul for p in pickle.loads(pickle.dumps(est)).predict(cuts)] == pred
+    assert [p.rul for p in deserialize(serialize(est), "estimator").predict(cuts)] == pred
     assert [p.rul for p in _fitted(make_rul).predict(cuts)] == pred
 
 
