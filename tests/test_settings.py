@@ -259,3 +259,23 @@ def test_an_offline_command_runs_past_a_broken_broker_setting(tmp_path: Path, mo
     assert online.exit_code == 2
     assert f"{conf} line 2: mqtt.port = 70000" in online.output
     assert "mqtt.protocol (WEARLINE_MQTT__PROTOCOL)" in online.output
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("WEARLINE_ALERTS__RULES", "deploy/rules", "alerts.rules (WEARLINE_ALERTS__RULES): not valid JSON"),
+        ("WEARLINE_ALERTS__TEAMS", "{acme: x}", "alerts.teams (WEARLINE_ALERTS__TEAMS): not valid JSON"),
+        ("WEARLINE_ALERTS__ESCALATION_LEVELS", "supervisor,manager", "alerts.escalation_levels"),
+    ],
+)
+def test_a_list_or_table_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
+) -> None:
+    """Found by tests/test_fuzz.py: pydantic-settings' own error named only the section, with a traceback."""
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as exc:
+        load_settings()
+    print(exc.value)
+    assert str(exc.value).startswith(expected)
+    assert "written as JSON, e.g." in str(exc.value)

@@ -7,13 +7,15 @@ over the file. Nothing deeper in the code reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
+import pydantic_settings
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -363,6 +365,29 @@ def _read_toml(path: Path, named_by: str) -> tuple[dict[str, Any], str]:
         raise SettingsError(toml_error(path, exc)) from exc
 
 
+def _json_variable_error() -> str | None:
+    for var, value in sorted(os.environ.items()):
+        path = env_path(var)
+        if path is None or len(path) < 2:
+            continue
+        section = Settings.model_fields.get(path[0])
+        model = section.annotation if section is not None else None
+        field = model.model_fields.get(path[1]) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None or get_origin(field.annotation) not in (list, dict, set, tuple):
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            example = (
+                '["deploy/rules"]' if get_origin(field.annotation) is not dict else '{"acme/plant-a": "mechanics"}'
+            )
+            return (
+                f"{'.'.join(path)} ({var}): not valid JSON ({exc.msg} at character {exc.pos}); a list or table "
+                f"in the environment is written as JSON, e.g. {example}"
+            )
+    return None
+
+
 def toml_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
     """A TOML syntax error as one line that starts with the file and line, like every other file error."""
     where = re.search(r"\(at line (\d+), column (\d+)\)$", str(exc))
@@ -407,6 +432,10 @@ def load_settings(
     drop: set[str] = set()
     try:
         settings = _build(file_data, frozenset(), overrides)
+    except pydantic_settings.SettingsError as exc:
+        # pydantic-settings parses list and table values from the environment as JSON before validation, and
+        # names only the section when that fails: name the variable and what a valid value looks like.
+        raise SettingsError(_json_variable_error() or f"invalid settings in the environment: {exc}") from None
     except ValidationError as exc:
         origins = Origins.collect(
             Settings,
