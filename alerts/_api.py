@@ -50,7 +50,7 @@ class TicketOut(BaseModel):
     tenant: str
     site: str
     line: str
-    machine: str
+    machine: str | None = Field(description="None: the ticket is about the line's gateway (silence, dead letters).")
     failure_mode: str = Field(description="With the machine, what deduplicates tickets: one live ticket each.")
     type: Literal["predictive", "corrective"]
     priority: int = Field(ge=1, le=4, description="1 urgent .. 4 low")
@@ -139,7 +139,12 @@ router = APIRouter()
 async def connection(request: Request) -> AsyncIterator[Conn]:
     try:
         async with request.app.state.pool.connection() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    # The next request on this pooled connection may be another tenant's: it starts as none.
+                    await conn.execute("SELECT set_config('wearline.tenant_id', '', false)")
     except psycopg.OperationalError as exc:
         raise HTTPException(503, "the database is unavailable; retry shortly") from exc
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import psycopg
+import pytest
 from prometheus_client import CollectorRegistry
 
 import alerts
@@ -21,7 +22,14 @@ FAULTY = 1
 HISTORY_S = 600
 
 
-async def test_fault_on_one_pump_becomes_one_ticket(migrated: Settings) -> None:
+def _as(settings: Settings, role: str | None) -> Settings:
+    return settings.model_copy(update={"database": settings.database.model_copy(update={"role": role})})
+
+
+@pytest.mark.parametrize("roles", [False, True], ids=["owner", "stage-roles"])
+async def test_fault_on_one_pump_becomes_one_ticket(migrated: Settings, roles: bool) -> None:
+    """With ``stage-roles`` each stage acts as its least-privilege database role (issue 14, item 3): their grants
+    are enough for the whole chain."""
     settings = migrated
     spec = simulators.FleetSpec(
         tenant="acme", machines=MACHINES, faults=(simulators.Fault(FAULTY, onset_s=420),), seed=7
@@ -50,9 +58,15 @@ async def test_fault_on_one_pump_becomes_one_ticket(migrated: Settings) -> None:
             stop.set()
 
     async with asyncio.timeout(100), asyncio.TaskGroup() as tg:
-        tg.create_task(ingest.run_ingest(settings, stop, registry=registry, subscribed=subscribed))
-        tg.create_task(analytics.run_analytics(settings, stop, registry=registry))
-        tg.create_task(alerts.run_alerts(settings, stop, registry=registry))
+        tg.create_task(
+            ingest.run_ingest(
+                _as(settings, "wearline_ingest" if roles else None), stop, registry=registry, subscribed=subscribed
+            )
+        )
+        tg.create_task(
+            analytics.run_analytics(_as(settings, "wearline_analytics" if roles else None), stop, registry=registry)
+        )
+        tg.create_task(alerts.run_alerts(_as(settings, "wearline_alerts" if roles else None), stop, registry=registry))
         tg.create_task(publish_then_wait_for_ticket())
 
     assert len(ticket) == 1, "expected exactly one ticket"

@@ -98,6 +98,9 @@ class DatabaseSettings(_Section):
     partition_days_ahead: Annotated[int, Field(ge=1, le=365)] = 7
     retention_days: Annotated[int, Field(ge=0)] = 0
     """Drop raw readings older than this many days; 0 keeps everything."""
+    role: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = None
+    """Act as this database role after connecting (``SET ROLE``): wearline_ingest, wearline_analytics,
+    wearline_alerts or wearline_api, the least each stage needs, when one login serves several stages."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -12,14 +12,18 @@ from wearline.db._migrate import (
     storage_mode,
 )
 from wearline.db._partitions import ensure_partitions, maintain_storage
+from wearline.db._roles import GRANTS, ROLES, apply_roles
 from wearline.db._storage import StorageError, choose_storage, probe_timescaledb
 
 __all__ = [
+    "GRANTS",
+    "ROLES",
     "DatabaseUnavailable",
     "NotMigrated",
     "StorageError",
     "StorageMode",
     "applied_versions",
+    "apply_roles",
     "available_migrations",
     "check_migrated",
     "choose_storage",

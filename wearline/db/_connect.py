@@ -19,9 +19,11 @@ class DatabaseUnavailable(WearlineError):
 
 
 def connection_kwargs(settings: DatabaseSettings) -> dict[str, Any]:
-    """libpq options shared by every connection: Wearline's schema first on the search path, UTC timestamps."""
+    """libpq options shared by every connection: Wearline's schema first on the search path, UTC timestamps, and the
+    stage's role when the settings name one (as if ``SET ROLE`` ran first; ``RESET ALL`` keeps it)."""
+    role = f" -c role={settings.role}" if settings.role else ""
     return {
-        "options": f"-c search_path={settings.schema_name},public -c timezone=UTC",
+        "options": f"-c search_path={settings.schema_name},public -c timezone=UTC{role}",
         "connect_timeout": max(1, round(settings.connect_timeout_s)),
         "application_name": "wearline",
     }

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from wearline.db import migrations
 from wearline.db._connect import connect
+from wearline.db._roles import apply_roles
 from wearline.db._storage import (
     ExtensionProbe,
     StorageError,
@@ -207,4 +208,5 @@ async def migrate(settings: DatabaseSettings) -> list[int]:
             await conn.execute(m.statements(mode).encode())
             await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", [m.version, m.name])
             log.info("applied migration %04d %s (%s storage)", m.version, m.name, mode)
+        await apply_roles(conn, schema, mode)
         return [m.version for m in pending]
