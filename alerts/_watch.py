@@ -59,6 +59,12 @@ async def watch_readings(
     summary = WatchSummary()
     if not rules.kinds & {"threshold", "silence"}:
         return summary
+    # One alerts worker at a time reads new readings (the others skip this step for the pass): a breach's state
+    # lives in one row per machine, and locking 10,000 machine rows every pass would cost more than it shares.
+    cur = await conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.rule_watch'))")
+    locked = await cur.fetchone()
+    if not (locked and locked[0]):
+        return summary
     machines = await _watched(conn, rules)
     if not machines:
         return summary
@@ -88,8 +94,7 @@ async def _watched(conn: psycopg.AsyncConnection[Any], rules: RuleSet) -> list[_
            JOIN lines l ON l.line_id = m.line_id JOIN sites s ON s.site_id = l.site_id
            JOIN tenants t ON t.tenant_id = m.tenant_id
            LEFT JOIN rule_watch rw ON rw.machine_id = m.machine_id
-           ORDER BY m.machine_id
-           FOR NO KEY UPDATE OF m SKIP LOCKED"""
+           ORDER BY m.machine_id"""
     )
     out = []
     for (

@@ -357,3 +357,17 @@ async def test_the_worker_pass_applies_the_settings_rule_files(migrated: Setting
     assert (done.tickets_opened, done.readings_watched) == (1, 3)
     [ticket] = await all_tickets(conn)
     assert ticket.reason == "vibration-high"
+
+
+async def test_one_worker_at_a_time_reads_new_readings(migrated: Settings, conn: Conn, tmp_path: Path) -> None:
+    """A second alerts worker skips the readings step while the first holds it: each reading is looked at once."""
+    s, rules = rules_from(tmp_path, THRESHOLD)
+    await readings(conn, await machine(conn, "pump-1a"), T0, 10, [5.0] * 50)
+    async with await connect(migrated.database) as other:
+        async with conn.transaction():
+            first = await alerts.watch_readings(conn, s, rules, now=T0)
+            async with other.transaction():
+                second = await alerts.watch_readings(other, s, rules, now=T0)
+        assert (first.readings, second.readings, second.machines) == (50, 0, 0)
+        async with other.transaction():
+            assert (await alerts.watch_readings(other, s, rules, now=T0)).readings == 0, "already seen"
