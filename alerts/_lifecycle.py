@@ -349,8 +349,10 @@ _WATCHED_THROUGH = """CASE t.source
     WHEN 'anomaly' THEN (SELECT max(w.last_time) FROM analytics_watermarks w WHERE w.machine_id = t.machine_id)
     WHEN 'remaining_life' THEN (SELECT max(r.time) FROM rul_estimates r WHERE r.machine_id = t.machine_id)
     WHEN 'dead_letters' THEN %(now)s
-    ELSE (SELECT max(rw.checked_through) FROM rule_watch rw JOIN machines m USING (machine_id)
-          WHERE rw.machine_id = t.machine_id OR (t.machine_id IS NULL AND m.line_id = t.line_id))
+    ELSE CASE WHEN t.machine_id IS NOT NULL
+              THEN (SELECT rw.checked_through FROM rule_watch rw WHERE rw.machine_id = t.machine_id)
+              ELSE (SELECT max(rw.checked_through) FROM machines m JOIN rule_watch rw USING (machine_id)
+                    WHERE m.line_id = t.line_id) END
     END"""
 
 
