@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 METRIC = re.compile(r"\bwearline_[a-z_]+")
 SUFFIX = re.compile(r"_(bucket|count|sum|created)$")
@@ -46,3 +48,22 @@ def test_shipped_mosquitto_config_never_drops_queued_messages() -> None:
     assert conf["persistence"] == "true"
     assert int(conf["max_inflight_messages"]) >= 1000
     assert conf["set_tcp_nodelay"] == "true"
+
+
+def test_the_image_holds_every_package_the_wheel_needs() -> None:
+    """The Dockerfile copied no demo/ while pyproject.toml packages it: `pip install .` in the image failed."""
+    packages = re.search(r"packages = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text())
+    assert packages is not None
+    copied = set(re.findall(r"^COPY (\w+) ", (ROOT / "deploy/Dockerfile").read_text(), re.MULTILINE))
+    assert set(re.findall(r'"(\w+)"', packages.group(1))) <= copied
+
+
+def test_compose_runs_each_stage_and_the_api_as_its_database_role() -> None:
+    services = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())["services"]
+    roles = {
+        name: services[name]["environment"].get("WEARLINE_DATABASE__ROLE")
+        for name in ("ingest", "analytics", "alerts", "api")
+    }
+    assert roles == {n: f"wearline_{n}" for n in roles}
+    assert services["api"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert services["alerts"]["environment"]["WEARLINE_ALERTS__RULES"] == '["/etc/wearline/rules"]'
