@@ -41,10 +41,11 @@ from psycopg import sql
 from wearline.command import settings_of
 from wearline.errors import WearlineError
 from wearline.settings import Settings
+from wearline.shipped import shipped
 
 __all__ = ["DEFAULT_RATE", "FAULTS", "SoakError", "SoakOptions", "SoakReport", "bench", "report_lines", "run_soak"]
 
-SHIPPED_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "wearline.conf"
+SHIPPED_CONF = shipped("mosquitto/wearline.conf")
 
 FAULTS = ("ingest-kill", "broker-restart", "broker-kill", "analytics-kill", "alerts-kill")
 """The rotation: kill -9 of ingest, broker SIGTERM and start, broker kill -9 and start, kill -9 of analytics, of

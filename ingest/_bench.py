@@ -38,12 +38,13 @@ from wearline.db import connection_kwargs, migrate
 from wearline.errors import WearlineError
 from wearline.progress import Bar, progress
 from wearline.settings import Settings
+from wearline.shipped import shipped
 
 __all__ = ["BenchOptionError", "BenchResult", "run_bench"]
 
 log = logging.getLogger(__name__)
 
-SHIPPED_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "wearline.conf"
+SHIPPED_CONF = shipped("mosquitto/wearline.conf")
 _MAX_IN_FLIGHT = 2000  # publisher's own back-pressure: at most this many QoS 1 publishes unacknowledged
 _BATCH = 200  # publishes per socket write
 

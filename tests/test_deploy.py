@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -67,3 +70,33 @@ def test_compose_runs_each_stage_and_the_api_as_its_database_role() -> None:
     assert roles == {n: f"wearline_{n}" for n in roles}
     assert services["api"]["ports"] == ["127.0.0.1:8080:8080"]
     assert services["alerts"]["environment"]["WEARLINE_ALERTS__RULES"] == '["/etc/wearline/rules"]'
+
+
+def test_the_wheel_ships_what_commands_read_from_deploy(tmp_path: Path) -> None:
+    """Installed with `pip install .` (not editable) `wearline bench ingest` failed with FileNotFoundError: the
+    wheel had no broker configuration to start Mosquitto with (issue 17, item 4)."""
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    [wheel] = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for relative in ("mosquitto/wearline.conf", "scenarios/plant.toml", "rules/plant.toml"):
+        assert f"wearline/_deploy/{relative}" in names
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    requires = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "Requires-Dist: httpx" in requires.split("Provides-Extra")[0], "webhooks and the demo need httpx at run time"
