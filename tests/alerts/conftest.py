@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pytest
 
 from tests.conftest import make_settings, unique
@@ -15,3 +18,11 @@ async def migrated(schema: str) -> Settings:
     settings = make_settings(schema, unique("wlt/"), "native")
     await migrate(settings.database)
     return settings
+
+
+async def machine(conn: psycopg.AsyncConnection[Any], name: str) -> int:
+    """A machine's id by its name (the tests' fleets name each machine once)."""
+    cur = await conn.execute("SELECT machine_id FROM machines WHERE name = %s", [name])
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])

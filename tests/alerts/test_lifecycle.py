@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 import alerts
+from tests.alerts.conftest import machine
 from wearline.db import connect
 from wearline.settings import AlertsSettings, Settings
 
@@ -44,13 +45,6 @@ async def conn(migrated: Settings) -> AsyncIterator[Conn]:
                SELECT (SELECT tenant_id FROM t), line_id, 'pump-' || right(name, 1) FROM l"""
         )
         yield c
-
-
-async def machine(conn: Conn, name: str) -> int:
-    cur = await conn.execute("SELECT machine_id FROM machines WHERE name = %s", [name])
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def anomaly(conn: Conn, machine_id: int, at: datetime, score: float = 9.0) -> None:

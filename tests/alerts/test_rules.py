@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 import alerts
+from tests.alerts.conftest import machine
 from wearline.db import connect
 from wearline.settings import AlertsSettings, Settings
 
@@ -50,13 +51,6 @@ async def conn(migrated: Settings) -> AsyncIterator[Conn]:
                SELECT machine_id, p, (array['vibration_rms', 'bearing_temp_c'])[p] FROM m, generate_series(1, 2) p"""
         )
         yield c
-
-
-async def machine(conn: Conn, name: str) -> int:
-    cur = await conn.execute("SELECT machine_id FROM machines WHERE name = %s", [name])
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def readings(conn: Conn, machine_id: int, start: datetime, step_s: float, values: list[float]) -> datetime:
