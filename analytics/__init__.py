@@ -27,7 +27,7 @@ from analytics._mahalanobis import Mahalanobis
 from analytics._offline import DETECTORS, AnomalyModel, RulModel, make_detector, make_rul
 from analytics._pca import PcaT2Q
 from analytics._regime import ConditionEncoder, RegimeScaler
-from analytics._registry import RegisteredModel, list_models, read_model_file, register_model
+from analytics._registry import RegisteredModel, list_models, read_model_file, register_model, unusable_for_type
 from analytics._rul_gbm import GbmRul
 from analytics._rul_trend import TrendRul
 from analytics._store import convert_pickle, load_model, save_model
@@ -74,5 +74,6 @@ __all__ = [
     "run_analytics",
     "run_bench",
     "save_model",
+    "unusable_for_type",
     "write_rows",
 ]

@@ -15,20 +15,52 @@ from psycopg.types.json import Jsonb
 from analytics._base import ModelError
 from analytics._offline import AnomalyModel, RulModel
 from analytics._store import deserialize, load_model
+from wearline.db.migrations.v0006_readings_hourly import POSITIONS as ROLLUP_POSITIONS
 
 log = logging.getLogger("analytics._worker")
 
-__all__ = ["ModelCache", "RegisteredModel", "list_models", "read_model_file", "register_model"]
+__all__ = ["ModelCache", "RegisteredModel", "list_models", "read_model_file", "register_model", "unusable_for_type"]
 
 
 def read_model_file(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """The model file's bytes and metadata, checked against each other."""
+    """The model file's bytes and metadata, checked against each other; refused when the worker could never use it
+    (condition columns that are text: readings carry numbers only)."""
     try:
         kind = json.loads(path.with_name(path.name + ".json").read_text()).get("kind", "")
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"model {path}: cannot read its sidecar {path.name}.json: {exc}") from exc
-    _, meta = load_model(path, kind)
+    model, meta = load_model(path, kind)
+    conditions = getattr(model, "conditions", None)
+    text = list(conditions.text) if conditions is not None else []
+    if text:
+        raise ModelError(
+            f"model {path}: the analytics worker cannot use it: its condition column(s) {', '.join(text)} are text "
+            "(categories), and readings carry numbers only; fit it again with numeric --condition columns or none"
+        )
     return path.read_bytes(), meta
+
+
+async def unusable_for_type(conn: psycopg.AsyncConnection[Any], meta: dict[str, Any], machine_type: str) -> str | None:
+    """Why no registered machine of ``machine_type`` could feed this model (sensors it needs that none of them rolls
+    up hourly), or None; None too when the type has no machines yet."""
+    needed = [*meta.get("features", []), *meta.get("condition", [])]
+    cur = await conn.execute(
+        """SELECT m.name, array_agg(s.name ORDER BY s.position) FILTER (WHERE s.position <= %s)
+           FROM machines m JOIN machine_types t USING (type_id) LEFT JOIN sensors s USING (machine_id)
+           WHERE t.name = %s GROUP BY m.name""",
+        [ROLLUP_POSITIONS, machine_type],
+    )
+    machines = await cur.fetchall()
+    if not machines:
+        return None
+    best = min(machines, key=lambda m: len([f for f in needed if f not in (m[1] or [])]))
+    absent = [f for f in needed if f not in (best[1] or [])]
+    if not absent:
+        return None
+    return (
+        f"no {machine_type} machine has sensor(s) {', '.join(absent)} among the first {ROLLUP_POSITIONS} "
+        f"(the hourly rollup the worker feeds models); e.g. {best[0]} has {', '.join(best[1] or []) or 'none'}"
+    )
 
 
 async def register_model(

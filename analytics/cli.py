@@ -248,7 +248,7 @@ def models_register(
     machine_type: Annotated[str, typer.Option(help="Machine type the worker should use it for.")],
 ) -> None:
     """Store a model in the database; the worker uses the newest version per machine type from its next pass."""
-    from analytics import read_model_file, register_model
+    from analytics import ModelError, read_model_file, register_model, unusable_for_type
     from wearline.db import connect, require_migrated
 
     settings = settings_of(ctx)
@@ -257,6 +257,9 @@ def models_register(
     async def store() -> str:
         async with await connect(settings.database) as conn:
             await require_migrated(conn, settings.database.schema_name)
+            why = await unusable_for_type(conn, meta, machine_type)
+            if why is not None:
+                raise ModelError(f"model {model} not registered: {why}")
             version = await register_model(conn, blob, meta, machine_type)
             await conn.commit()
             return version
