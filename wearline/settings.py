@@ -125,6 +125,34 @@ class DatabaseSettings(_Section):
         return self
 
 
+class SparkplugSettings(_Section):
+    """Ingest as a Sparkplug B host application (``docs/sparkplug.md``); off while ``groups`` is empty."""
+
+    groups: dict[str, str] = Field(default_factory=dict)
+    """Sparkplug group id -> ``tenant/site`` its edge nodes belong to (edge node = line, device = machine).
+    Ingest subscribes to these groups only."""
+    host_id: str = Field(default="wearline", pattern=r"^[^/+#]{1,64}$")
+    """The host application id: STATE is published on ``spBv1.0/STATE/<host_id>``."""
+    reorder_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    """How long a missing sequence number may still arrive out of order before a rebirth is requested."""
+    rebirth_interval_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    """At most one rebirth request per edge node in this time (a flood of unknown aliases asks once)."""
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_map_to_sites(cls, v: dict[str, str]) -> dict[str, str]:
+        level = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+        for group, where in v.items():
+            if not group or any(c in group for c in "/+#") or group == "STATE":
+                raise ValueError(f"{group!r} is not a Sparkplug group id")
+            parts = where.split("/")
+            if len(parts) != 2 or not all(level.match(p) for p in parts):
+                raise ValueError(
+                    f"[{group!r}] = {where!r}: expected 'tenant/site', each 1-64 of [A-Za-z0-9_.-]"
+                )
+        return v
+
+
 class IngestSettings(_Section):
     """The MQTT-to-database ingest stage."""
 
@@ -172,6 +200,7 @@ class IngestSettings(_Section):
     dead_letter_log_interval_s: Annotated[float, Field(gt=0)] = 10.0
     """At most one warning per dead-letter reason in this interval, with the count, top topic and an example."""
     metrics_port: Port = 9101
+    sparkplug: SparkplugSettings = Field(default_factory=SparkplugSettings)
 
     @field_validator("shared_group", mode="before")
     @classmethod
@@ -188,6 +217,11 @@ class IngestSettings(_Section):
             raise ValueError(
                 "ingest.workers splits machines in the partitioned scheme; with ingest.subscription=shared the "
                 "broker splits them: leave ingest.workers at 1"
+            )
+        if self.subscription == "shared" and self.sparkplug.groups:
+            raise ValueError(
+                "ingest.sparkplug.groups needs each edge node's messages in one worker, in order; a shared "
+                "subscription splits them at random: use ingest.subscription = auto (partitioned)"
             )
         if self.receive_maximum < self.batch_max_messages:
             raise ValueError(

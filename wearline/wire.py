@@ -47,6 +47,12 @@ class Reason(StrEnum):
     """A re-send whose value for a sensor and instant differs from the one stored first (which stays)."""
     REGISTRY_LIMIT = "registry_limit"
     """Auto-registration refused a new tenant, machine or sensor (``ingest.max_*`` and ``auto_register_tenants``)."""
+    NOT_SPARKPLUG = "not_sparkplug"
+    """A message on a ``spBv1.0/...`` topic that is not a Sparkplug B protobuf payload (or lacks its ``seq``)."""
+    SPARKPLUG_UNBORN = "sparkplug_unborn"
+    """Sparkplug data from an edge node or device with no birth in force (before its birth, after its death)."""
+    SPARKPLUG_UNKNOWN_METRIC = "sparkplug_unknown_metric"
+    """Sparkplug data naming an alias or metric its birth certificate did not declare."""
 
 
 class PayloadError(ValueError):

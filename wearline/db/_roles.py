@@ -62,6 +62,7 @@ GRANTS: dict[str, dict[str, str]] = {
     "webhooks": {ALERTS: R},
     "api_tokens": {},
     "rule_watch": {ALERTS: RW},
+    "sparkplug_nodes": {INGEST: RW, ALERTS: R},
     "sim_runs": {},
     "sim_events": {},
     "sim_truth": {},
