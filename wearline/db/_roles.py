@@ -62,6 +62,10 @@ GRANTS: dict[str, dict[str, str]] = {
     "webhooks": {ALERTS: R},
     "api_tokens": {},
     "rule_watch": {ALERTS: RW},
+    "mqtt_outbox": {ALERTS: RW},
+    # The API maps a CMMS's status back to a ticket: never the adapter's URL or secret.
+    "cmms_adapters": {ALERTS: R, API: "SELECT (adapter_id, tenant_id, name, statuses, removed_at)"},
+    "cmms_requests": {ALERTS: RW, API: "SELECT, UPDATE (cmms_status, cmms_status_at)"},
     "sparkplug_nodes": {INGEST: RW, ALERTS: R},
     "sim_runs": {},
     "sim_events": {},
@@ -83,6 +87,8 @@ POLICIES: dict[str, str] = {
     "rul_estimates": _OWN_MACHINES,
     "tickets": f"tenant_id = {_TENANT}",
     "ticket_events": f"ticket_id IN (SELECT ticket_id FROM tickets WHERE tenant_id = {_TENANT})",
+    "cmms_adapters": f"tenant_id = {_TENANT}",
+    "cmms_requests": f"adapter_id IN (SELECT adapter_id FROM cmms_adapters WHERE tenant_id = {_TENANT})",
 }
 
 # Functions that act beyond their caller's grants, each for one narrow purpose: creating and dropping partitions
@@ -92,6 +98,7 @@ _DEFINERS = (
     "ensure_partitions(date, date)",
     "drop_partitions_before(date)",
     "ticket_event_to_outbox()",
+    "ticket_event_to_delivery()",
     "ticket_line()",
 )
 
