@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from alerts._api import router
 from alerts._board import board
+from alerts._cmms_api import cmms_router
 from wearline.db import open_pool, require_migrated
 from wearline.errors import WearlineError
 from wearline.settings import Settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, pool: AsyncConnectionPool | None = None) -
     )
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(cmms_router)
     app.include_router(board)
     return app
 

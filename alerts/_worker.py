@@ -14,6 +14,7 @@ import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from alerts._lifecycle import LIVE_STATUSES, escalate_unacknowledged, resolve_cleared
+from alerts._outlets import Outlets
 from alerts._rules import RuleBook, RuleSet, load_rules
 from alerts._tickets import _now, process_anomalies, process_rul
 from alerts._watch import watch_dead_letters, watch_readings
@@ -174,6 +175,7 @@ async def run_alerts(
     total = AlertsSummary()
     pool = await open_pool(settings.database, name="alerts")
     client = httpx.AsyncClient(follow_redirects=False)
+    outlets = Outlets(settings)  # ticket events on MQTT, CMMS work requests
     reloads = (0, 0)
     seen_event: int | None = None  # durations count from this process's start: a restart does not count twice
     try:
@@ -183,6 +185,7 @@ async def run_alerts(
                     rules = book.refresh()
                     done = await alerts_pass(conn, settings.alerts, rules=rules, topic_prefix=settings.topic_prefix)
                     deliveries = await deliver_due(conn, client, settings.alerts)
+                    await outlets.drain(conn)
                     cur = await conn.execute(
                         "SELECT priority, count(*) FROM tickets WHERE status = ANY(%s) GROUP BY priority",
                         [list(LIVE_STATUSES)],
@@ -230,6 +233,7 @@ async def run_alerts(
                     await asyncio.wait_for(stop.wait(), settings.alerts.poll_interval_s)
     finally:
         await client.aclose()
+        await outlets.aclose()
         await pool.close()
         log.info(
             "alerts stopped: %d tickets opened, %d anomalies and %d estimates handled, %d escalations, "
