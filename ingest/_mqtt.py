@@ -21,7 +21,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -69,9 +69,11 @@ class Subscriber:
         receive_maximum: int,
         max_buffered: int,
         max_payload_bytes: int = 0,
+        extra_filters: Sequence[str] = (),
     ) -> None:
         self._settings = settings
         self._filter = topic_filter
+        self._filters = [topic_filter, *extra_filters]  # Sparkplug B groups beside the JSON telemetry
         self._client_id = client_id
         self._receive_maximum = receive_maximum
         self._max_buffered = max_buffered
@@ -177,13 +179,15 @@ class Subscriber:
             return
         bad = [r for r in reasons if r.is_failure or r.value != 1]
         if bad:
-            self._subscribed.set_exception(BrokerError(f"subscription to {self._filter} refused or downgraded: {bad}"))
+            self._subscribed.set_exception(
+                BrokerError(f"subscription to {', '.join(self._filters)} refused or downgraded: {bad}")
+            )
             self._arrived.set()
             return
         self._subscribed.set_result(None)
         log.info(
             "subscribed to %s as %s (MQTT %s, session %s)",
-            self._filter,
+            ", ".join(self._filters),
             self._client_id,
             self._settings.protocol,
             "resumed" if self.session_present else "new",
@@ -307,7 +311,7 @@ class Subscriber:
             except TimeoutError as exc:
                 raise BrokerError(f"no CONNACK from {s.host}:{s.port} within {s.connect_timeout_s} s") from exc
             self._check_broker()
-            result, _ = self._client.subscribe(self._filter, qos=1)
+            result, _ = self._client.subscribe([(f, 1) for f in self._filters])
             if result != paho.MQTT_ERR_SUCCESS:
                 raise BrokerError(f"cannot send SUBSCRIBE: {paho.error_string(result)}")
         except BaseException as exc:
@@ -324,7 +328,7 @@ class Subscriber:
 
     def unsubscribe(self) -> None:
         """Ask the broker to stop routing new messages to us; what it already queued for us still arrives."""
-        self._client.unsubscribe(self._filter)
+        self._client.unsubscribe(self._filters)
 
     async def end_session(self) -> None:
         """Ask the broker to discard our session, so that it stops keeping (or routing) messages for it.

@@ -25,6 +25,7 @@ from wearline.topics import telemetry_filter
 __all__ = ["Subscription", "broker_kind", "choose_subscription", "owner_of"]
 
 Scheme = Literal["shared", "partitioned"]
+_SPARKPLUG = "spBv1.0/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,14 @@ class Subscription:
 
     def owns(self, topic: str) -> bool:
         """Whether this worker writes messages on ``topic`` (always, except in a partitioned scheme with N > 1)."""
-        return self.workers == 1 or owner_of(topic, self.workers) == self.worker
+        if self.workers == 1:
+            return True
+        if topic.startswith(_SPARKPLUG):
+            # A Sparkplug edge node's messages share one session (seq, aliases): one worker takes them all.
+            levels = topic.split("/")
+            node = f"{levels[1]}/{levels[3]}" if len(levels) >= 4 else topic
+            return owner_of(f"{_SPARKPLUG}{node}", self.workers) == self.worker
+        return owner_of(topic, self.workers) == self.worker
 
 
 def owner_of(topic: str, workers: int) -> int:

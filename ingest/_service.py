@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import psycopg
@@ -19,9 +19,12 @@ from ingest._membership import Heartbeat
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError, Message, Subscriber, probe_broker_version
 from ingest._scheme import Subscription, broker_kind, choose_subscription
+from ingest._sparkplug import Sessions, SparkplugMetrics
+from ingest._sparkplug_host import HostClient
 from ingest._writer import BatchWriter, Committed, DeadLetter, prepare_connection
 from wearline.db import check_migrated, open_pool
 from wearline.settings import Settings
+from wearline.sparkplug import NAMESPACE
 from wearline.wire import Reason
 
 __all__ = ["IngestSummary", "run_ingest"]
@@ -158,11 +161,12 @@ async def run_ingest(
     pool = await open_pool(settings.database, name="ingest", configure=prepare_connection)
     stack = contextlib.AsyncExitStack()
     try:
-        writer = BatchWriter(pool, settings, mode, metrics)
         metrics.db_up.set(1)
         scheme = await _choose(settings, client_id or settings.mqtt.client_id, metrics, stop)
         if scheme is None:
             return summary
+        sessions = await _sparkplug_host(settings, scheme, registry, stack)
+        writer = BatchWriter(pool, settings, mode, metrics, sparkplug=sessions)
         beat = await stack.enter_async_context(Heartbeat(pool, scheme, ing.heartbeat_s, metrics))
         await stack.enter_async_context(Housekeeping(pool, writer.surge, retention_days=ing.dead_letter_retention_days))
         backoff = 0.5
@@ -177,6 +181,7 @@ async def run_ingest(
                     receive_maximum=ing.receive_maximum,
                     max_buffered=ing.receive_maximum,
                     max_payload_bytes=ing.max_payload_bytes,
+                    extra_filters=sparkplug_filters(ing.sparkplug.groups),
                 ) as sub:
                     if connected_before and not sub.session_present:
                         log.warning(
@@ -207,6 +212,8 @@ async def run_ingest(
                         if subscribed is not None and sub.subscribed:
                             subscribed.set()
                         if not batch:
+                            if sessions is not None:
+                                sessions.expire()  # a missing seq times out while its node is quiet, too
                             if leaving and sub.subscribed:
                                 await sub.end_session()
                                 session_ended = True
@@ -263,6 +270,29 @@ async def run_ingest(
             summary.batches,
         )
     return summary
+
+
+def sparkplug_filters(groups: Collection[str]) -> list[str]:
+    """The subscriptions of a Sparkplug host for ``groups`` (their commands arrive too and are skipped)."""
+    return [f"{NAMESPACE}/{group}/#" for group in sorted(groups)]
+
+
+async def _sparkplug_host(
+    settings: Settings, scheme: Subscription, registry: CollectorRegistry, stack: contextlib.AsyncExitStack
+) -> Sessions | None:
+    """The Sparkplug host application's sessions and MQTT connection, when ``ingest.sparkplug.groups`` names any."""
+    sp = settings.ingest.sparkplug
+    if not sp.groups:
+        return None
+    host = await stack.enter_async_context(
+        HostClient(
+            settings=settings.mqtt,
+            client_id=f"{scheme.client_id}-spb",
+            host_id=sp.host_id,
+            publish_state=scheme.worker == 0,
+        )
+    )
+    return Sessions(settings.ingest, SparkplugMetrics(registry), request_rebirth=host.request_rebirth)
 
 
 def _observe(

@@ -21,9 +21,13 @@ from ingest._conflicts import Clash, Entry, conflicts_of, describe
 from ingest._limits import DeadLetterLimiter, LruCache
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import Message
+from ingest._sparkplug import Sessions
 from ingest._surge import SurgeLog
 from wearline.db import StorageMode, ensure_partitions
 from wearline.settings import Settings
+from wearline.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
+from wearline.sparkplug import SparkplugError
+from wearline.sparkplug import parse_topic as parse_sparkplug_topic
 from wearline.topics import MachinePath, TopicError, parse_telemetry_topic
 from wearline.wire import DecodedMessage, PayloadError, Reason, decode_message, ms_to_datetime
 
@@ -65,6 +69,7 @@ WITH old AS (
 SELECT machine_id, (extract(epoch FROM time) * 1000)::bigint, old FROM old
 WHERE old IS DISTINCT FROM new AND vals_conflict(old, new)
 """
+SPARKPLUG_PREFIX = SPARKPLUG_NAMESPACE + "/"
 _REFUSAL_TTL_S = 30.0  # a refused machine is not looked up again for this long (a flood would hit the database)
 # ...unless a machine was registered meanwhile (looked for at most this often): an operator who registers a
 # refused machine and replays its dead letters must not meet the stale refusal.
@@ -124,9 +129,17 @@ class BatchWriter:
     """Resolves machines and sensors (registering them within limits) and commits batches."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, settings: Settings, mode: StorageMode, metrics: IngestMetrics
+        self,
+        pool: AsyncConnectionPool,
+        settings: Settings,
+        mode: StorageMode,
+        metrics: IngestMetrics,
+        *,
+        sparkplug: Sessions | None = None,
     ) -> None:
         self._pool = pool
+        self.sparkplug = sparkplug
+        """Sparkplug B sessions, when ingest is a host application (``ingest.sparkplug.groups``)."""
         self._settings = settings
         self._mode = mode
         self._metrics = metrics
@@ -334,11 +347,17 @@ class BatchWriter:
         rows: Rows = {}
         dead: list[DeadLetter] = []
         stamps: list[int] = []
-        info = self._batch = _Batch(messages=len(batch))
+        self._batch = _Batch(messages=len(batch))
         received = 0
         machines = self._machines
         prefix = self._settings.topic_prefix
+        sp = self.sparkplug
+        if sp is not None:
+            sp.begin()
         for msg in batch:
+            if sp is not None and msg.topic.startswith(SPARKPLUG_PREFIX):
+                received += await self._prepare_sparkplug(msg, sp, rows, dead=dead, stamps=stamps, now_ms=now_ms)
+                continue
             try:
                 hit = machines.get(msg.topic)
                 path = parse_telemetry_topic(prefix, msg.topic) if hit is None else hit[1]
@@ -362,30 +381,86 @@ class BatchWriter:
             except RegistryLimit as exc:
                 dead.append(DeadLetter(msg.topic, msg.payload, Reason.REGISTRY_LIMIT, str(exc)))
                 continue
-            index = len(info.entries)
-            sensors = machine.sensors
-            info.entries.append((machine.machine_id, sensors, decoded))
-            info.sources.append((msg, path))
-            width = len(sensors)
-            for sample in decoded.samples:
-                key = (machine.machine_id, sample.ts_ms)
-                vals = rows.get(key)
-                if vals is None:
-                    vals = rows[key] = [None] * width
-                elif len(vals) < width:
-                    vals.extend([None] * (width - len(vals)))
-                for name, value in sample.values.items():
-                    if value is not None:
-                        pos = sensors[name] - 1
-                        first = vals[pos]
-                        if first is None:
-                            vals[pos] = float(value)
-                        elif first != value:
-                            info.clashes.setdefault(index, []).append(Clash(sample.ts_ms, pos, float(value), first))
-                        received += 1
-                stamps.append(sample.ts_ms)
+            received += self._stage(rows, stamps, msg, path=path, machine=machine, decoded=decoded)
         self.last_received = received
         return rows, dead, stamps
+
+    def _stage(
+        self,
+        rows: Rows,
+        stamps: list[int],
+        msg: Message,
+        *,
+        path: MachinePath,
+        machine: _Machine,
+        decoded: DecodedMessage,
+    ) -> int:
+        """Add one message's samples to the batch's rows; the number of values it brought."""
+        info = self._batch
+        received = 0
+        index = len(info.entries)
+        sensors = machine.sensors
+        info.entries.append((machine.machine_id, sensors, decoded))
+        info.sources.append((msg, path))
+        width = len(sensors)
+        for sample in decoded.samples:
+            key = (machine.machine_id, sample.ts_ms)
+            vals = rows.get(key)
+            if vals is None:
+                vals = rows[key] = [None] * width
+            elif len(vals) < width:
+                vals.extend([None] * (width - len(vals)))
+            for name, value in sample.values.items():
+                if value is not None:
+                    pos = sensors[name] - 1
+                    first = vals[pos]
+                    if first is None:
+                        vals[pos] = float(value)
+                    elif first != value:
+                        info.clashes.setdefault(index, []).append(Clash(sample.ts_ms, pos, float(value), first))
+                    received += 1
+            stamps.append(sample.ts_ms)
+        return received
+
+    async def _prepare_sparkplug(
+        self, msg: Message, sp: Sessions, rows: Rows, *, dead: list[DeadLetter], stamps: list[int], now_ms: int
+    ) -> int:
+        """One message on a ``spBv1.0/...`` topic: its session's verdict, then its readings like any other's."""
+        try:
+            topic = parse_sparkplug_topic(msg.topic)
+        except SparkplugError as exc:
+            dead.append(DeadLetter(msg.topic, msg.payload, Reason.BAD_TOPIC, str(exc)))
+            return 0
+        if topic.group not in self._settings.ingest.sparkplug.groups:
+            detail = f"Sparkplug group {topic.group!r} is not in ingest.sparkplug.groups"
+            dead.append(DeadLetter(msg.topic, msg.payload, Reason.BAD_TOPIC, detail))
+            return 0
+        if len(msg.payload) > self._settings.ingest.max_payload_bytes:
+            detail = f"{len(msg.payload)} bytes, more than ingest.max_payload_bytes"
+            dead.append(DeadLetter(msg.topic, msg.payload, Reason.OVERSIZED, detail))
+            return 0
+        key = (topic.group, topic.edge)
+        if not sp.known(key):
+            async with self._pool.connection(timeout=self._wait_s) as conn:
+                await sp.load(conn, key)
+        handled = sp.handle(topic, msg.payload, now_ms=now_ms, redelivered=msg.redelivered)
+        if handled.dead is not None:
+            dead.append(DeadLetter(msg.topic, msg.payload, *handled.dead))
+            return 0
+        received = 0
+        for path, decoded in handled.readings:
+            try:
+                cache_key = f"{SPARKPLUG_NAMESPACE}:{path}"
+                hit = self._machines.get(cache_key)
+                machine = await self._resolve(cache_key, path, None if hit is None else hit[0], decoded)
+            except UnknownMachine as exc:
+                dead.append(DeadLetter(msg.topic, msg.payload, Reason.UNKNOWN_MACHINE, str(exc)))
+                return received
+            except RegistryLimit as exc:
+                dead.append(DeadLetter(msg.topic, msg.payload, Reason.REGISTRY_LIMIT, str(exc)))
+                return received
+            received += self._stage(rows, stamps, msg, path=path, machine=machine, decoded=decoded)
+        return received
 
     async def commit(self, rows: Rows, dead: Sequence[DeadLetter]) -> Committed:
         """Write rows and dead letters in one transaction (conflicting re-sends found on the way added to the dead
@@ -420,6 +495,8 @@ class BatchWriter:
                     if lost:  # the batch's first value lost to the stored one: not a committed reading
                         stored[(machine_id, ms)] = old
                         readings -= lost
+            if self.sparkplug is not None:
+                await self.sparkplug.save(conn)
             conflicts = self._conflicts(info, stored) if rows and (info.clashes or stored) else []
             dead = [*dead, *(d for d, _ in conflicts)]
             allowed = self._limiter.allow(d.topic for d in dead)
@@ -431,7 +508,10 @@ class BatchWriter:
                     for d, ok in zip(dead, allowed, strict=True):
                         if ok:
                             await copy.write_row((d.topic, d.reason, d.detail, d.payload[:cap], len(d.payload)))
-        # Committed: only now do written dead letters spend their topics' tokens, and conflicts count.
+        # Committed: only now do written dead letters spend their topics' tokens, and conflicts count; the Sparkplug
+        # sessions move on and their rebirth requests go out.
+        if self.sparkplug is not None:
+            self.sparkplug.adopt()
         for _, tenant in conflicts:
             self._metrics.conflicts.labels(tenant).inc()
         self._limiter.spend(d.topic for d, ok in zip(dead, allowed, strict=True) if ok)

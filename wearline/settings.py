@@ -147,9 +147,7 @@ class SparkplugSettings(_Section):
                 raise ValueError(f"{group!r} is not a Sparkplug group id")
             parts = where.split("/")
             if len(parts) != 2 or not all(level.match(p) for p in parts):
-                raise ValueError(
-                    f"[{group!r}] = {where!r}: expected 'tenant/site', each 1-64 of [A-Za-z0-9_.-]"
-                )
+                raise ValueError(f"[{group!r}] = {where!r}: expected 'tenant/site', each 1-64 of [A-Za-z0-9_.-]")
         return v
 
 
