@@ -1,6 +1,21 @@
 """Alerts: anomalies and low remaining life become deduplicated, prioritised service tickets with a lifecycle."""
 
 from alerts._app import create_app, serve_api
+from alerts._cmms import (
+    DEFAULT_STATUSES,
+    CmmsAdapter,
+    CmmsAdapterInfo,
+    CmmsError,
+    Filing,
+    RestAdapter,
+    StatusApplied,
+    StatusReport,
+    add_cmms_adapter,
+    apply_status,
+    file_work_requests,
+    list_cmms_adapters,
+    remove_cmms_adapter,
+)
 from alerts._lifecycle import (
     LIVE_STATUSES,
     STATUSES,
@@ -15,6 +30,7 @@ from alerts._lifecycle import (
     set_status,
 )
 from alerts._rules import ISO_20816_ZONES, RuleBook, RuleError, RuleSet, load_rules
+from alerts._ticket_mqtt import TicketPublisher, ticket_topic
 from alerts._tickets import (
     Ticket,
     TicketEvent,
@@ -44,28 +60,39 @@ from alerts._webhooks import (
 from alerts._worker import AlertsSummary, alerts_pass, lifecycle_durations, run_alerts
 
 __all__ = [
+    "DEFAULT_STATUSES",
     "ISO_20816_ZONES",
     "LIVE_STATUSES",
     "STATUSES",
     "AlertsSummary",
+    "CmmsAdapter",
+    "CmmsAdapterInfo",
+    "CmmsError",
     "Delivery",
     "Evidence",
     "Filed",
+    "Filing",
+    "RestAdapter",
     "RuleBook",
     "RuleError",
     "RuleSet",
     "Scope",
+    "StatusApplied",
+    "StatusReport",
     "Ticket",
     "TicketError",
     "TicketEvent",
+    "TicketPublisher",
     "TicketQuery",
     "TokenError",
     "TokenInfo",
     "WatchSummary",
     "WebhookError",
     "WebhookInfo",
+    "add_cmms_adapter",
     "add_webhook",
     "alerts_pass",
+    "apply_status",
     "assign",
     "comment",
     "create_app",
@@ -73,8 +100,10 @@ __all__ = [
     "deliver_due",
     "escalate_unacknowledged",
     "file_evidence",
+    "file_work_requests",
     "find_tickets",
     "lifecycle_durations",
+    "list_cmms_adapters",
     "list_tickets",
     "list_tokens",
     "list_webhooks",
@@ -84,6 +113,7 @@ __all__ = [
     "priority_for_rul",
     "process_anomalies",
     "process_rul",
+    "remove_cmms_adapter",
     "remove_webhook",
     "resolve_cleared",
     "revoke_token",
@@ -93,6 +123,7 @@ __all__ = [
     "sign",
     "ticket_history",
     "ticket_json",
+    "ticket_topic",
     "watch_dead_letters",
     "watch_readings",
 ]

@@ -22,6 +22,11 @@ webhooks_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(webhooks_app, name="webhooks")
+cmms_app = typer.Typer(
+    help="CMMS adapters: a work request in a maintenance system for every new ticket, its status synced back.",
+    no_args_is_help=True,
+)
+app.add_typer(cmms_app, name="cmms")
 rules_app = typer.Typer(
     help="Alert rules: check rule files before the alerts stage reloads them.", no_args_is_help=True
 )
@@ -314,6 +319,72 @@ def webhooks_remove(
 
     _with_conn(ctx, lambda conn: remove_webhook(conn, webhook_id))
     typer.echo(f"webhook #{webhook_id} removed")
+
+
+@cmms_app.command("add")
+def cmms_add(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option(help="Whose new tickets become work requests.")],
+    name: Annotated[str, typer.Option(help="Its name within the tenant: /api/v1/cmms/<name>/status.")],
+    url: Annotated[str, typer.Option(help="Where to POST a new work request (http:// or https://).")],
+    secret: Annotated[str | None, typer.Option(help="Signing secret (default: a new random one).")] = None,
+    statuses: Annotated[
+        str | None,
+        typer.Option(
+            help='The CMMS\'s statuses as ticket statuses, JSON: \'{"done": "resolved"}\' (default: generic).'
+        ),
+    ] = None,
+    id_field: Annotated[
+        str, typer.Option(help="The field of the CMMS's answer that holds the new request's id.")
+    ] = "id",
+) -> None:
+    """Add a generic REST CMMS adapter; prints the secret its requests are signed with."""
+    import json
+    import secrets as random
+
+    from alerts import add_cmms_adapter
+    from wearline.errors import WearlineError
+
+    try:
+        mapping = None if statuses is None else json.loads(statuses)
+    except json.JSONDecodeError as exc:
+        raise WearlineError(f"--statuses is not JSON: {exc}") from exc
+    if mapping is not None and not isinstance(mapping, dict):
+        raise WearlineError('--statuses must be a JSON object, e.g. \'{"done": "resolved"}\'')
+    key = secret or random.token_urlsafe(32)
+    adapter_id = _with_conn(
+        ctx,
+        lambda conn: add_cmms_adapter(
+            conn, tenant=tenant, name=name, url=url, secret=key, statuses=mapping, id_field=id_field
+        ),
+    )
+    typer.echo(f"CMMS adapter #{adapter_id} for tenant {tenant}: {url}; status back on /api/v1/cmms/{name}/status")
+    typer.echo(f"signing secret: {key}")
+
+
+@cmms_app.command("list")
+def cmms_list(ctx: typer.Context) -> None:
+    """Every CMMS adapter with its work requests: pending, filed, failed."""
+    from alerts import list_cmms_adapters
+
+    found = _with_conn(ctx, list_cmms_adapters)
+    if not found:
+        typer.echo("no CMMS adapters (wearline cmms add --tenant T --name N --url U)")
+    for a in found:
+        state = f"removed {a.removed_at:%Y-%m-%d %H:%M}" if a.removed_at else "live"
+        typer.echo(
+            f"#{a.adapter_id} {a.tenant}/{a.name} {a.url} ({a.kind}) {state}: "
+            f"{a.pending} pending, {a.filed} filed, {a.failed} failed"
+        )
+
+
+@cmms_app.command("remove")
+def cmms_remove(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(help="#N in `cmms list`.")]) -> None:
+    """No new work requests for this CMMS (status it sends back is still taken)."""
+    from alerts import remove_cmms_adapter
+
+    _with_conn(ctx, lambda conn: remove_cmms_adapter(conn, adapter_id))
+    typer.echo(f"CMMS adapter #{adapter_id} removed")
 
 
 def _with_conn(ctx: typer.Context, work: Any) -> Any:

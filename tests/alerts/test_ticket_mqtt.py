@@ -15,6 +15,7 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from prometheus_client import CollectorRegistry
 
 import alerts
 from alerts._ticket_mqtt import TicketPublisher
@@ -207,3 +208,28 @@ async def test_events_wait_out_a_broker_outage_of_ten_retry_intervals_then_arriv
         assert mosquitto.saved_ok()
     check(messages, prefix, before + during)
     assert [m["event_id"] for _, m in messages[: len(before)]] == before
+
+
+async def test_the_alerts_worker_publishes_a_new_tickets_opening(schema: str) -> None:
+    settings = make_settings(schema, unique("wlt/"), "native")
+    prefix = settings.topic_prefix
+    async with fleet(settings, 1) as conn:
+        await conn.execute("DELETE FROM tickets")  # the fixture's tickets are not the point here
+        await conn.execute(
+            """INSERT INTO anomalies (machine_id, time, detector, score, threshold, sensors)
+               SELECT machine_id, now(), 'zscore', 30, 6, '{vibration_rms}' FROM machines m
+               JOIN tenants t USING (tenant_id) WHERE t.name = 'acme'"""
+        )
+        with subscribed(settings.mqtt.host, settings.mqtt.port, f"{prefix}/+/tickets/#") as sub:
+            stop = asyncio.Event()
+            task = asyncio.create_task(alerts.run_alerts(settings, stop, registry=CollectorRegistry()))
+            deadline = time.monotonic() + 30
+            # The subscriber runs on a thread of its own: polling its list is the simple way to wait for it.
+            while not sub.received() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            stop.set()
+            await task
+            messages = sub.wait_for(1)
+    [(topic, body)] = messages
+    assert topic == f"{prefix}/acme/tickets/{body['ticket']['id']}"
+    assert (body["event"]["kind"], body["ticket"]["priority"]) == ("opened", 1)
