@@ -79,6 +79,8 @@ class BenchResult:
     publisher: ProcessUse
     workers_use: list[ProcessUse] = field(default_factory=list)
     broker_cpu_s: float = 0.0
+    payload: str = "json"
+    """``json`` (the wire contract) or ``sparkplug`` (Sparkplug B, ingest as a host application)."""
 
 
 # --- broker ---------------------------------------------------------------------------------------------------
@@ -463,11 +465,13 @@ def run_bench(
     rate: float,
     drain_timeout_s: float = 120.0,
     cprofile_to: Path | None = None,
+    sparkplug: bool = False,
 ) -> BenchResult:
     """One profile: start broker, schema and workers, publish for ``duration_s``, wait for the commits, measure.
 
     ``rate`` is messages per second offered (0: as fast as the publisher and the broker's acknowledgements allow).
     ``cprofile_to``: a directory where each worker writes its cProfile statistics (slows the workers down).
+    ``sparkplug``: publish the fleet as Sparkplug B edge nodes instead of JSON (``ingest/_bench_sparkplug.py``).
     Impossible options raise :class:`BenchOptionError` naming the command-line option, before anything starts.
     """
     _check_options(
@@ -490,6 +494,7 @@ def run_bench(
             drain_timeout_s=drain_timeout_s,
             cprofile_to=cprofile_to,
             bar=bar,
+            sparkplug=sparkplug,
         )
 
 
@@ -525,8 +530,9 @@ def _run(
     drain_timeout_s: float,
     cprofile_to: Path | None,
     bar: Bar,
+    sparkplug: bool = False,
 ) -> BenchResult:
-    profile = f"profile {samples_per_message * sensors} readings/msg"
+    profile = f"{'sparkplug ' if sparkplug else ''}profile {samples_per_message * sensors} readings/msg"
     ctx = mp.get_context("spawn")
     schema = f"wlbench_{uuid.uuid4().hex[:8]}"
     prefix = f"wlbench/{uuid.uuid4().hex[:6]}"
@@ -551,7 +557,7 @@ def _run(
             ctx.Process(
                 target=_worker,
                 kwargs={
-                    "settings": run_settings,
+                    "settings": _sparkplug_settings(run_settings, i, workers) if sparkplug else run_settings,
                     "client_id": f"wlbench-{i}-{uuid.uuid4().hex[:6]}",
                     "ready": ready[i],
                     "measuring": measuring,
@@ -566,7 +572,7 @@ def _run(
             for i in range(workers)
         ]
         pub = ctx.Process(
-            target=_publisher,
+            target=_sparkplug_publisher() if sparkplug else _publisher,
             kwargs={
                 "port": port,
                 "prefix": prefix,
@@ -653,7 +659,20 @@ def _run(
         publisher=pub_use,
         workers_use=[ProcessUse(**use) for _, _, use in results],
         broker_cpu_s=round(broker_cpu, 2),
+        payload="sparkplug" if sparkplug else "json",
     )
+
+
+def _sparkplug_publisher() -> Any:
+    from ingest._bench_sparkplug import sparkplug_publisher  # noqa: PLC0415 (it imports this module)
+
+    return sparkplug_publisher
+
+
+def _sparkplug_settings(settings: Settings, worker: int, workers: int) -> Settings:
+    from ingest._bench_sparkplug import sparkplug_worker_settings  # noqa: PLC0415 (it imports this module)
+
+    return sparkplug_worker_settings(settings, worker, workers)
 
 
 def _publisher_report(out: Any, bar: Bar, what: str, duration_s: float) -> Any:

@@ -57,6 +57,9 @@ def bench_ingest(
     cprofile: Annotated[
         Path | None, typer.Option(help="Directory for each worker's cProfile statistics (slows workers down).")
     ] = None,
+    sparkplug: Annotated[
+        bool, typer.Option(help="Also run each profile as Sparkplug B edge nodes (DDATA by alias), beside JSON.")
+    ] = False,
 ) -> None:
     """Start WORKERS ingest processes, our own Mosquitto (shipped config) and schema; publish from another process.
 
@@ -79,7 +82,7 @@ def bench_ingest(
         f"database={settings.database.dsn.split('@')[-1]} (own schema) broker=own mosquitto, shipped config"
     )
     results = []
-    for p in profiles:
+    for p, spb in [(p, spb) for p in profiles for spb in ([False, True] if sparkplug else [False])]:
         r = run_bench(
             settings,
             workers=workers,
@@ -89,10 +92,11 @@ def bench_ingest(
             duration_s=duration,
             rate=rate,
             cprofile_to=cprofile,
+            sparkplug=spb,
         )
         results.append(r)
         typer.echo(
-            f"profile {p:>4} readings/msg: offered {r.offered_readings_per_s:>9,.0f}/s  committed "
+            f"{'sparkplug ' if spb else ''}profile {p:>4} readings/msg: offered {r.offered_readings_per_s:>9,.0f}/s  committed "
             f"{r.committed_readings_per_s:>9,.0f}/s  latency p50/p95/p99 {r.latency_p50_ms:.0f}/{r.latency_p95_ms:.0f}/"
             f"{r.latency_p99_ms:.0f} ms  lost {r.lost_readings}"
         )
