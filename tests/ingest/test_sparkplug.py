@@ -22,6 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client import CollectorRegistry
 
+from ingest import run_bench
 from tests.conftest import make_settings, unique
 from tests.ingest._support import ingest_env
 from tests.ingest.sparkplug_support import EdgeNode, by_alias, double, host, query, wait_until
@@ -376,3 +377,16 @@ def test_session_termination_state_and_will(sp_settings: Settings, tmp_path: Pat
         while (after := retained_state(sp_settings)) is not None and after["online"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert after == {"online": False, "timestamp": online["timestamp"]}, how
+
+
+def test_bench_sparkplug_profile_two_workers_lose_nothing(schema: str) -> None:
+    """The benchmark's Sparkplug profile through two workers partitioned by edge node: every reading committed once
+    (a node's messages split between workers would break its sequence and session)."""
+    settings = make_settings(schema, unique("wlt/"), "native")
+    r = run_bench(
+        settings, workers=2, machines=250, sensors=2, samples_per_message=2, duration_s=2, rate=500, sparkplug=True
+    )
+    assert r.payload == "sparkplug"
+    assert r.published_readings > 250 * 2  # births plus data
+    assert r.lost_readings == 0
+    assert r.committed_readings == r.published_readings
