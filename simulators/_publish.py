@@ -18,6 +18,7 @@ from simulators._clock import plan_live
 from simulators._fleet import Fleet, Frame
 from simulators._gateway import GatewayStats, make_gateways
 from simulators._scenario import FleetSpec, Scenario
+from simulators._sparkplug import SparkplugEdge
 from simulators._truth import TruthSink
 from wearline.errors import WearlineError
 from wearline.settings import MqttSettings
@@ -113,6 +114,7 @@ async def publish_fleet(
     seed: int | None = None,
     truth: TruthSink | None = None,
     backlog_threshold: int | None = None,
+    sparkplug_group: str | None = None,
 ) -> PublishSummary:
     """Publish every machine's samples every ``scenario.sample_period_s`` simulated seconds, through its gateway.
 
@@ -122,7 +124,9 @@ async def publish_fleet(
     gateways' largest clock skew), so a run that catches up with now goes on at real time. ``steps`` bounds the
     run (default: until ``stop``). ``truth`` receives the ground truth of every step. More than
     ``backlog_threshold`` messages waiting for the broker (default: four per machine, at least 100) is logged as
-    back-pressure, once per episode. Raises :class:`PublishError` when the broker is out of reach or lost.
+    back-pressure, once per episode. With ``sparkplug_group`` every gateway is a Sparkplug B edge node of that group
+    (``simulators/_sparkplug.py``) instead of publishing JSON. Raises :class:`PublishError` when the broker is out of
+    reach or lost.
     """
     if isinstance(scenario, FleetSpec):
         scenario = scenario.scenario()
@@ -135,6 +139,16 @@ async def publish_fleet(
         first_ts_ms=start_ms, gateways=gateways[0].stats if gateways else GatewayStats(), backlog=backlog.stats
     )
     topics = [telemetry_topic(topic_prefix, p) for p in fleet.paths]
+    edges = None
+    if sparkplug_group is not None:
+        edges = [
+            SparkplugEdge(
+                sparkplug_group,
+                gw.name,
+                {m: (fleet.paths[m].machine, fleet.types[m].sensor_names) for m in gw.machines},
+            )
+            for gw in gateways
+        ]
     types = [t.name for t in fleet.types]
     period = scenario.sample_period_s / time_scale
     dt = scenario.sample_period_s
@@ -150,7 +164,15 @@ async def publish_fleet(
             finally:
                 backlog.done()
 
+        async def send_raw(messages: list[tuple[str, bytes]]) -> None:
+            backlog.queued(len(messages))
+            await asyncio.gather(*(publish(topic, payload) for topic, payload in messages))
+            summary.messages += len(messages)
+
         async def send(messages: list[tuple[int, list[Sample]]]) -> None:
+            if edges is not None:
+                summary.samples += sum(len(s) for _, s in messages)
+                return
             backlog.queued(len(messages))
             await asyncio.gather(*(publish(topics[m], encode_message(s, types[m])) for m, s in messages))
             summary.messages += len(messages)
@@ -175,14 +197,23 @@ async def publish_fleet(
                         gateways[owner[machine]].offer(machine, sample)
                 if truth is not None:
                     await truth.add(fleet, frames, ts_ms)
-                for gw in gateways:
+                for g, gw in enumerate(gateways):
+                    was_out = gw.outage_until > -math.inf
                     messages = gw.drain(elapsed, dt)
+                    if edges is not None:
+                        if not was_out and gw.outage_until > -math.inf:
+                            await send_raw(edges[g].death())
+                        # Drained as the uplink returns: the store-and-forward replay, sent as historical metrics.
+                        await send_raw(edges[g].encode(messages, historical=was_out))
                     if messages:
                         await send(messages)
                 summary.last_ts_ms = ts_ms
                 step += 1
-            for gw in gateways:
-                await send(gw.flush())
+            for g, gw in enumerate(gateways):
+                flushed = gw.flush()
+                if edges is not None:
+                    await send_raw(edges[g].encode(flushed))
+                await send(flushed)
         except aiomqtt.MqttError as exc:
             raise PublishError(
                 f"lost the MQTT broker at {mqtt.host}:{mqtt.port} after {summary.messages} messages: {exc}"

@@ -67,6 +67,13 @@ def simulate(
         ),
     ] = None,
     qos: Annotated[int, typer.Option(min=0, max=1, help="MQTT QoS for telemetry.")] = 1,
+    sparkplug: Annotated[
+        str | None,
+        typer.Option(
+            help="Publish as Sparkplug B edge nodes of this group id (one per gateway, a device per machine) "
+            "instead of JSON; map it in ingest.sparkplug.groups. See docs/sparkplug.md."
+        ),
+    ] = None,
     truth_csv: Annotated[Path | None, typer.Option(help="Write the live run's ground truth to this CSV file.")] = None,
     truth_db: Annotated[
         bool, typer.Option(help="Write the live run's ground truth to sim_truth (migrated schema).")
@@ -111,6 +118,11 @@ def simulate(
         raise typer.BadParameter(str(exc)) from exc
     run_seed = sc.seed if seed is None else seed
 
+    if sparkplug is not None:
+        if mode in (Mode.offline, Mode.load):
+            raise typer.BadParameter(f"only for the live modes, not {mode.value}", param_hint="--sparkplug")
+        if not sparkplug or any(c in sparkplug for c in "/+#") or sparkplug == "STATE":
+            raise typer.BadParameter(f"{sparkplug!r} is not a Sparkplug group id", param_hint="--sparkplug")
     if mode is Mode.offline:
         from simulators import write_offline_dataset
         from wearline.progress import progress
@@ -185,6 +197,7 @@ def simulate(
                 qos=qos,
                 seed=run_seed,
                 truth=sink if (truth_db or truth_csv) else None,
+                sparkplug_group=sparkplug,
             )
         g, b = result.gateways, result.backlog
         typer.echo(

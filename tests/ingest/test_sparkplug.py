@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client import CollectorRegistry
 
 from ingest import run_bench
+from simulators import GatewaySpec, MachineGroup, Scenario, publish_fleet
 from tests.conftest import make_settings, unique
 from tests.ingest._support import ingest_env
 from tests.ingest.sparkplug_support import EdgeNode, by_alias, double, host, query, wait_until
@@ -390,3 +391,52 @@ def test_bench_sparkplug_profile_two_workers_lose_nothing(schema: str) -> None:
     assert r.published_readings > 250 * 2  # births plus data
     assert r.lost_readings == 0
     assert r.committed_readings == r.published_readings
+
+
+async def test_simulator_edge_nodes_births_deaths_on_outages_and_replays(sp_settings: Settings) -> None:
+    """The simulator's Sparkplug mode through the host: every sample stored once (births, data by alias and the
+    historical replay after each outage), deaths and new bdSeqs on outages, and no rebirth ever needed."""
+    schema = sp_settings.database.schema_name
+    (group,) = sp_settings.ingest.sparkplug.groups
+    steps, machines = 300, 4
+    scenario = Scenario(
+        groups=(MachineGroup("centrifugal_pump", machines),),
+        gateways=GatewaySpec(
+            machines_per_gateway=2, batch_samples=2, outage_rate_per_day=3000, outage_mean_s=20, duplicate_prob=0.05
+        ),
+    )
+    async with host(sp_settings) as registry:
+        summary = await publish_fleet(
+            sp_settings.mqtt,
+            sp_settings.topic_prefix,
+            scenario,
+            asyncio.Event(),
+            steps=steps,
+            time_scale=1000,
+            seed=3,
+            sparkplug_group=group,
+        )
+        rows = "SELECT m.name, count(*) FROM readings r JOIN machines m USING (machine_id) GROUP BY m.name"
+        await wait_until(
+            lambda: sorted(int(str(n)) for _, n in query(schema, rows)) == [steps] * machines, timeout_s=30
+        )
+    g = summary.gateways
+    print(
+        f"{summary.messages} Sparkplug messages; {g.outages} outages, {g.replayed} replayed, {g.duplicates} duplicates"
+    )
+    assert g.outages > 0
+    assert g.replayed > 0
+    assert g.lost == 0
+    assert dead_letters(schema) == []
+    nodes = query(schema, "SELECT edge_node, online, bdseq FROM sparkplug_nodes ORDER BY edge_node")
+    assert [(e, o) for e, o, _ in nodes] == [("gw-000", True), ("gw-001", True)]
+    assert max(int(str(b)) for _, _, b in nodes) >= 1  # a death and a new session
+    assert not any(offline(schema).values())
+    assert (
+        sum(
+            counter(registry, "wearline_ingest_sparkplug_rebirths_requested_total", cause=c)
+            for c in ("before_birth", "unknown_alias", "unknown_metric", "seq_gap")
+        )
+        == 0
+    )
+    assert counter(registry, "wearline_ingest_sparkplug_stale_deaths_total") == 0
