@@ -14,7 +14,6 @@ Readings are keyed by (machine, timestamp), so the order in which a node's messa
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections import Counter as Tally
@@ -104,6 +103,19 @@ class NodeSession:
     aliases: dict[int, tuple[str, str]] = field(default_factory=dict)  # alias -> (device, name)
     devices: dict[str, bool] = field(default_factory=dict)  # device -> born
     rebirth_at: float = 0.0  # wall-clock time of the last rebirth request
+
+    def clone(self) -> NodeSession:
+        """A copy to change without touching this one (values are immutable: copying the containers is enough)."""
+        return NodeSession(
+            born=self.born,
+            bdseq=self.bdseq,
+            seq=self.seq,
+            missing=dict(self.missing),
+            metrics={dev: dict(names) for dev, names in self.metrics.items()},
+            aliases=dict(self.aliases),
+            devices=dict(self.devices),
+            rebirth_at=self.rebirth_at,
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -274,7 +286,8 @@ class Sessions:
     def _node(self, key: NodeKey) -> NodeSession:
         node = self._work.get(key)
         if node is None:
-            node = self._work[key] = copy.deepcopy(self._committed.get(key) or NodeSession())
+            committed = self._committed.get(key)
+            node = self._work[key] = NodeSession() if committed is None else committed.clone()
         self._dirty.add(key)
         return node
 

@@ -133,7 +133,7 @@ def state_topic(host_id: str) -> str:
     return f"{NAMESPACE}/STATE/{host_id}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Metric:
     """One metric as sent. ``value`` holds scalar values (numbers, booleans, strings, bytes); datasets, templates
     and extensions are kept only as their datatype (``value`` None, ``is_null`` False)."""
@@ -163,25 +163,30 @@ def decode_payload(raw: bytes) -> Payload:
     except (DecodeError, RuntimeWarning) as exc:  # RuntimeWarning: the C runtime on unexpected end-group tags
         raise SparkplugError(f"not a Sparkplug B protobuf payload: {exc}") from exc
     metrics = []
+    # One C call per metric for the fields it set (HasField per field cost three times as much): field numbers are
+    # the specification's; 10-16 are the scalar values, 17-19 datasets, templates and extensions (kept as None).
     for m in msg.metrics:
-        which = m.WhichOneof("value")
-        value: float | int | bool | str | bytes | None = None
-        if which in ("int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value"):
-            value = getattr(m, which)
-        elif which == "bytes_value":
-            value = m.bytes_value
-        metrics.append(
-            Metric(
-                name=m.name if m.HasField("name") else None,
-                alias=m.alias if m.HasField("alias") else None,
-                timestamp=m.timestamp if m.HasField("timestamp") else None,
-                datatype=m.datatype if m.HasField("datatype") else None,
-                value=value,
-                is_historical=m.is_historical,
-                is_transient=m.is_transient,
-                is_null=m.is_null,
-            )
-        )
+        x = Metric()
+        for f, v in m.ListFields():
+            n = f.number
+            if n >= 10:
+                if n <= 16:
+                    x.value = v
+            elif n == 1:
+                x.name = v
+            elif n == 2:
+                x.alias = v
+            elif n == 3:
+                x.timestamp = v
+            elif n == 4:
+                x.datatype = v
+            elif n == 5:
+                x.is_historical = v
+            elif n == 6:
+                x.is_transient = v
+            elif n == 7:
+                x.is_null = v
+        metrics.append(x)
     return Payload(
         timestamp=msg.timestamp if msg.HasField("timestamp") else None,
         seq=msg.seq if msg.HasField("seq") else None,
