@@ -67,4 +67,10 @@ BEGIN
 END $$;
 CREATE TRIGGER ticket_events_delivery AFTER INSERT ON ticket_events
     FOR EACH ROW EXECUTE FUNCTION ticket_event_to_delivery();
+
+-- The API's ticket list walks a tenant's tickets in its order (most urgent first) and stops at a page; one machine's
+-- tickets are found by machine. Without these a list sorted every ticket of the tenant: 15-39 ms over 100,000
+-- tickets, 1.4-2.9 ms with them (wearline bench tickets).
+CREATE INDEX tickets_list_idx ON tickets (tenant_id, priority, opened_at, ticket_id);
+CREATE INDEX tickets_machine_idx ON tickets (machine_id);
 """
