@@ -1,6 +1,7 @@
 """Alerts: anomalies and low remaining life become deduplicated, prioritised service tickets with a lifecycle."""
 
 from alerts._app import create_app, serve_api
+from alerts._bench import TicketBench, run_ticket_bench
 from alerts._cmms import (
     DEFAULT_STATUSES,
     CmmsAdapter,
@@ -80,6 +81,7 @@ __all__ = [
     "StatusApplied",
     "StatusReport",
     "Ticket",
+    "TicketBench",
     "TicketError",
     "TicketEvent",
     "TicketPublisher",
@@ -118,6 +120,7 @@ __all__ = [
     "resolve_cleared",
     "revoke_token",
     "run_alerts",
+    "run_ticket_bench",
     "serve_api",
     "set_status",
     "sign",

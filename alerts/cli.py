@@ -10,9 +10,10 @@ import typer
 
 from wearline.command import run_async, run_stage, settings_of
 
-__all__ = ["app"]
+__all__ = ["app", "bench"]
 
 app = typer.Typer()
+bench = typer.Typer()
 tickets_app = typer.Typer(help="Service tickets.", no_args_is_help=True)
 app.add_typer(tickets_app, name="tickets")
 tokens_app = typer.Typer(help="API tokens: one tenant each, read-only or read-write.", no_args_is_help=True)
@@ -385,6 +386,42 @@ def cmms_remove(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(he
 
     _with_conn(ctx, lambda conn: remove_cmms_adapter(conn, adapter_id))
     typer.echo(f"CMMS adapter #{adapter_id} removed")
+
+
+@bench.command("tickets")
+def bench_tickets(
+    ctx: typer.Context,
+    tickets: Annotated[int, typer.Option(min=1, max=10_000_000, help="Tickets to load.")] = 100_000,
+    events: Annotated[
+        int, typer.Option(min=1, max=100_000_000, help="Ticket events to load (whole per ticket).")
+    ] = 1_000_000,
+    machines: Annotated[int, typer.Option(min=4, max=1_000_000, help="Machines, over 4 tenants.")] = 10_000,
+    requests: Annotated[int, typer.Option(min=10, max=100_000, help="Requests per ticket-list query shape.")] = 200,
+    passes: Annotated[int, typer.Option(min=1, max=100, help="Alerts passes to time.")] = 5,
+) -> None:
+    """Ticket list latency through the API and alerts passes over a plant-sized fleet, in a schema of its own.
+
+    Loads TICKETS tickets and EVENTS events (two live tickets per machine, the rest history), measures GET
+    /api/v1/tickets p50/p99 for typical filters and pages through the ASGI app, then times PASSES alerts passes
+    with fresh readings and anomalies on every machine; a table, then one JSON line. Targets (issue 12): list p99
+    under 50 ms, a pass under 1 s. Uses the settings' database (a new schema, dropped at the end) and alert rules
+    (default: the shipped deploy/rules/plant.toml).
+    """
+    from alerts import TicketBench, run_ticket_bench
+    from wearline.progress import progress
+
+    if tickets < 2 * machines:
+        raise typer.BadParameter(
+            f"{tickets} tickets cannot give each of {machines} machines its two live tickets", param_hint="--tickets"
+        )
+    settings = settings_of(ctx)
+    with progress("benchmark") as bar:
+        run_ticket_bench(
+            settings,
+            TicketBench(tickets=tickets, events=events, machines=machines, requests=requests, passes=passes),
+            echo=typer.echo,
+            bar=bar,
+        )
 
 
 def _with_conn(ctx: typer.Context, work: Any) -> Any:

@@ -73,4 +73,10 @@ def test_every_stage_mounts_its_commands_through_an_entry_point() -> None:
     assert all(isinstance(app, typer.Typer) for app in mounted.values())
     benches = {ep.value for ep in entry_points(group="wearline.bench")}
     # The soak runs every stage as a process: demo, which owns cross-stage programs, mounts it.
-    assert benches == {"ingest.cli:bench", "analytics.cli:bench", "simulators.cli:bench", "demo._soak:bench"}
+    assert benches == {
+        "ingest.cli:bench",
+        "analytics.cli:bench",
+        "simulators.cli:bench",
+        "demo._soak:bench",
+        "alerts.cli:bench",
+    }
