@@ -398,6 +398,7 @@ def bench_tickets(
     machines: Annotated[int, typer.Option(min=4, max=1_000_000, help="Machines, over 4 tenants.")] = 10_000,
     requests: Annotated[int, typer.Option(min=10, max=100_000, help="Requests per ticket-list query shape.")] = 200,
     passes: Annotated[int, typer.Option(min=1, max=100, help="Alerts passes to time.")] = 5,
+    readings: Annotated[int, typer.Option(min=1, max=1000, help="New readings per machine before each pass.")] = 5,
 ) -> None:
     """Ticket list latency through the API and alerts passes over a plant-sized fleet, in a schema of its own.
 
@@ -418,7 +419,9 @@ def bench_tickets(
     with progress("benchmark") as bar:
         run_ticket_bench(
             settings,
-            TicketBench(tickets=tickets, events=events, machines=machines, requests=requests, passes=passes),
+            TicketBench(
+                tickets=tickets, events=events, machines=machines, requests=requests, passes=passes, readings=readings
+            ),
             echo=typer.echo,
             bar=bar,
         )
