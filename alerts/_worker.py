@@ -20,6 +20,7 @@ from alerts._tickets import _now, process_anomalies, process_rul
 from alerts._watch import watch_dead_letters, watch_readings
 from alerts._webhooks import deliver_due
 from wearline.db import open_pool
+from wearline.health import PROCESS_HEALTH, Health, PassClock
 from wearline.settings import AlertsSettings, Settings
 
 __all__ = ["AlertsSummary", "alerts_pass", "lifecycle_durations", "run_alerts"]
@@ -166,10 +167,17 @@ async def lifecycle_durations(
 
 
 async def run_alerts(
-    settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    health: Health = PROCESS_HEALTH,
 ) -> AlertsSummary:
-    """Process evidence and the ticket lifecycle until ``stop`` is set."""
+    """Process evidence and the ticket lifecycle until ``stop`` is set; ``health`` gets ``database`` and
+    ``keeping_up`` (a pass ended within a minute, or ten poll intervals)."""
     metrics = _Metrics(registry)
+    health.declare("database")
+    clock = PassClock(health, max(60.0, 10 * settings.alerts.poll_interval_s))
     book = RuleBook(settings.alerts)
     log.info("alert rules: %d from %d file(s)", len(book.current.rules), len(book.current.files))
     total = AlertsSummary()
@@ -198,7 +206,10 @@ async def run_alerts(
                     seen_event, durations = await lifecycle_durations(conn, seen_event)
                     for kind, seconds in durations:
                         (metrics.to_ack if kind == "acknowledged" else metrics.to_resolve).observe(seconds)
+                health.set("database", True)
+                clock.passed()
             except psycopg.OperationalError as exc:
+                health.set("database", False, str(exc))
                 log.warning("database unavailable, retrying: %s", exc)
                 done, live, deliveries, pending = AlertsSummary(), None, [], None
             for d in deliveries:

@@ -38,10 +38,8 @@ app.add_typer(rules_app, name="rules")
 def alerts(ctx: typer.Context) -> None:
     """Turn anomalies into deduplicated service tickets."""
     from alerts import run_alerts
-    from wearline.db import check_migrated
 
     settings = settings_of(ctx)
-    run_async(check_migrated(settings.database))
     run_stage(ctx, "alerts", run_alerts, settings.alerts.metrics_port)
 
 
@@ -49,10 +47,8 @@ def alerts(ctx: typer.Context) -> None:
 def api(ctx: typer.Context) -> None:
     """Serve the REST API for maintenance teams on api.host:api.port (OpenAPI at /docs)."""
     from alerts import serve_api
-    from wearline.db import check_migrated
 
     settings = settings_of(ctx)
-    run_async(check_migrated(settings.database))
     run_stage(ctx, "api", serve_api, settings.api.metrics_port)
 
 

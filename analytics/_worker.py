@@ -36,6 +36,8 @@ from analytics._registry import ModelCache
 from analytics._threshold import Thresholded
 from wearline.db import open_pool
 from wearline.db.migrations.v0006_readings_hourly import POSITIONS as ROLLUP_POSITIONS
+from wearline.gauges import NewestTimestamp
+from wearline.health import PROCESS_HEALTH, Health, PassClock
 from wearline.settings import Settings
 
 __all__ = ["AnalyticsSummary", "run_analytics"]
@@ -76,8 +78,13 @@ class _Metrics:
         self.pass_seconds = Histogram(
             "wearline_analytics_pass_seconds", "Time for one pass over the owned machines.", registry=registry
         )
-        self.lag_seconds = Gauge(
-            "wearline_analytics_lag_seconds", "Age of the newest reading scored in the last pass.", registry=registry
+        # A time, not an age: an age computed at the pass freezes when passes stop, and reads 0 before the first.
+        # The lag is PromQL's: against ingest's newest sample, or time().
+        self.newest_scored = NewestTimestamp(
+            "wearline_analytics_newest_scored_timestamp_seconds",
+            "Timestamp of the newest reading scored, by any worker of this schema as of this worker's start, then by "
+            "this worker; absent until one was.",
+            registry=registry,
         )
         self.machines = Gauge("wearline_analytics_machines_owned", "Machines this worker holds.", registry=registry)
 
@@ -475,25 +482,42 @@ async def _record(
     return cur.rowcount
 
 
+KEEP_UP_S = 60.0
+"""A worker whose last pass ended longer ago than this (or ten poll intervals, if longer) is not keeping up."""
+
+
 def default_worker_id() -> str:
     """host:pid:random, unique per process start."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 async def run_analytics(
-    settings: Settings, stop: asyncio.Event, *, registry: CollectorRegistry = REGISTRY, worker: str | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    worker: str | None = None,
+    health: Health = PROCESS_HEALTH,
 ) -> AnalyticsSummary:
     """Score new readings every ``analytics.poll_interval_s`` until ``stop`` is set; a pass in progress finishes.
 
     Several workers (``worker`` names each; default host:pid:random) split the machines between them; on stop
-    this one hands its machines back at once.
+    this one hands its machines back at once. ``health`` gets the ``database`` and ``keeping_up`` checks.
     """
     metrics = _Metrics(registry)
     summary = AnalyticsSummary(worker=worker or default_worker_id())
     lease_s = max(5.0, 5 * settings.analytics.poll_interval_s)
     scorer = _Scorer(settings, ModelCache())
+    health.declare("database")
+    clock = PassClock(health, max(KEEP_UP_S, 10 * settings.analytics.poll_interval_s))
     pool = await open_pool(settings.database, name="analytics")
     try:
+        with contextlib.suppress(psycopg.OperationalError):
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT extract(epoch FROM max(last_time))::float8 FROM analytics_watermarks")
+                row = await cur.fetchone()
+                if row and row[0] is not None:
+                    metrics.newest_scored.observe(row[0])
         while not stop.is_set():
             t0 = time.perf_counter()
             newest: datetime | None = None
@@ -515,12 +539,15 @@ async def run_analytics(
                             log.info("machine %d: anomaly recorded", machine_id)
                         if last is not None and (newest is None or last > newest):
                             newest = last
+                health.set("database", True)
+                clock.passed()
             except psycopg.OperationalError as exc:
+                health.set("database", False, str(exc))
                 log.warning("database unavailable, retrying next pass: %s", exc)
             summary.passes += 1
             metrics.pass_seconds.observe(time.perf_counter() - t0)
             if newest is not None:
-                metrics.lag_seconds.set(max(0.0, time.time() - newest.timestamp()))
+                metrics.newest_scored.observe(newest.timestamp())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.analytics.poll_interval_s)
         with contextlib.suppress(psycopg.OperationalError):

@@ -44,13 +44,11 @@ def analytics(
 ) -> None:
     """Score new readings, record anomalies and RUL estimates; several workers split the machines."""
     from analytics import run_analytics
-    from wearline.db import check_migrated
 
     async def main(s: Settings, stop: asyncio.Event) -> None:
         await run_analytics(s, stop, worker=worker)
 
     settings = settings_of(ctx)
-    run_async(check_migrated(settings.database))
     run_stage(ctx, "analytics", main, settings.analytics.metrics_port)
 
 

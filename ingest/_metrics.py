@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from wearline.gauges import NewestTimestamp
+
 __all__ = ["IngestMetrics"]
 
 
@@ -105,6 +107,12 @@ class IngestMetrics:
             "wearline_ingest_dead_letters_unstored_total",
             "Dead letters counted but not written to the table (per-topic or total rate limit), by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self.newest_sample = NewestTimestamp(
+            "wearline_ingest_newest_sample_timestamp_seconds",
+            "Own timestamp of the newest sample this worker committed (absent until its first); analytics' lag is "
+            "measured against it.",
             registry=registry,
         )
         self.machine_cache = Gauge(

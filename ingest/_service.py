@@ -23,6 +23,7 @@ from ingest._sparkplug import Sessions, SparkplugMetrics
 from ingest._sparkplug_host import HostClient
 from ingest._writer import BatchWriter, Committed, DeadLetter, prepare_connection
 from wearline.db import check_migrated, open_pool
+from wearline.health import PROCESS_HEALTH, Health
 from wearline.settings import Settings
 from wearline.sparkplug import NAMESPACE
 from wearline.wire import Reason
@@ -30,6 +31,10 @@ from wearline.wire import Reason
 __all__ = ["IngestSummary", "run_ingest"]
 
 log = logging.getLogger(__name__)
+
+KEEP_UP_S = 60.0
+"""Ingest is not keeping up (``/readyz``) when its loop has neither committed a batch nor found the broker idle
+for this long: a commit retrying against a dead database, or one batch taking a minute."""
 
 
 @dataclass
@@ -50,7 +55,7 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def _commit_with_retry(
-    writer: BatchWriter, batch: list[Message], metrics: IngestMetrics, stop: asyncio.Event
+    writer: BatchWriter, batch: list[Message], metrics: IngestMetrics, stop: asyncio.Event, health: Health
 ) -> tuple[int, list[DeadLetter], list[int]]:
     """Commit one batch, retrying database outages with backoff until it succeeds or shutdown is asked."""
 
@@ -59,6 +64,7 @@ async def _commit_with_retry(
 
     def before_sleep(state: RetryCallState) -> None:
         metrics.db_up.set(0)
+        health.set("database", False, f"write failed: {state.outcome.exception() if state.outcome else None}")
         metrics.db_retries.inc()
         log.warning("database write failed, retrying: %s", state.outcome.exception() if state.outcome else None)
 
@@ -84,6 +90,7 @@ async def _commit_with_retry(
     except psycopg.OperationalError as exc:
         raise _Stopped from exc
     metrics.db_up.set(1)
+    health.set("database", True)
     metrics.readings_received.inc(received)
     return done.readings, done.dead, stamps
 
@@ -145,23 +152,34 @@ async def run_ingest(
     client_id: str | None = None,
     subscribed: asyncio.Event | None = None,
     on_commit: Callable[[int, list[int]], None] | None = None,
+    health: Health = PROCESS_HEALTH,
 ) -> IngestSummary:
     """Run ingest until ``stop`` is set; the batch in hand is committed and acknowledged before returning.
 
     ``subscribed`` is set once the broker has confirmed the subscription (the broker keeps messages only for
     subscriptions it knows, so a caller that publishes must wait for it on a brand-new session).
     ``on_commit(readings, sample_timestamps_ms)`` is called after each commit (``wearline bench ingest`` uses it).
+    ``health`` gets the ``database``, ``broker`` and ``keeping_up`` checks of ``/readyz``.
     """
     ing = settings.ingest
     metrics = IngestMetrics(registry)
     summary = IngestSummary()
     started = time.monotonic()
+    health.declare("database", "broker", "keeping_up")
+    progress = [started]  # when the loop last committed a batch or found nothing waiting
+
+    def keeping_up() -> tuple[bool, str]:
+        idle = time.monotonic() - progress[0]
+        return idle < KEEP_UP_S, f"no batch committed and no idle turn for {idle:.0f} s"
+
+    health.probe("keeping_up", keeping_up)
     # Before anything starts (and before the summary line a stop logs): a schema nobody migrated is one line.
     mode = await check_migrated(settings.database)
     pool = await open_pool(settings.database, name="ingest", configure=prepare_connection)
     stack = contextlib.AsyncExitStack()
     try:
         metrics.db_up.set(1)
+        health.set("database", True)
         scheme = await _choose(settings, client_id or settings.mqtt.client_id, metrics, stop)
         if scheme is None:
             return summary
@@ -191,6 +209,7 @@ async def run_ingest(
                         metrics.sessions_lost.inc()
                     connected_before = True
                     metrics.broker_up.set(1)
+                    health.set("broker", True)
                     held = [0]
                     # Everything received and not yet acknowledged: the buffer plus the batch being committed.
 
@@ -211,6 +230,7 @@ async def run_ingest(
                         batch = await sub.next_batch(ing.batch_max_messages, ing.batch_max_delay_ms / 1000, idle_s=0.5)
                         if subscribed is not None and sub.subscribed:
                             subscribed.set()
+                        progress[0] = time.monotonic()
                         if not batch:
                             if sessions is not None:
                                 sessions.expire()  # a missing seq times out while its node is quiet, too
@@ -228,7 +248,8 @@ async def run_ingest(
                         metrics.messages.labels("not_ours").inc(len(batch) - len(mine))
                         readings, dead, stamps = 0, list[DeadLetter](), list[int]()
                         if mine:
-                            readings, dead, stamps = await _commit_with_retry(writer, mine, metrics, stop)
+                            readings, dead, stamps = await _commit_with_retry(writer, mine, metrics, stop, health)
+                        progress[0] = time.monotonic()
                         sub.ack(batch)
                         held[0] = 0
                         if on_commit is not None:
@@ -247,6 +268,7 @@ async def run_ingest(
                         summary.batches += 1
             except BrokerError as exc:
                 metrics.broker_up.set(0)
+                health.set("broker", False, str(exc))
                 metrics.broker_reconnects.inc()
                 # Bounded and jittered, so that a fleet of workers does not reconnect in lockstep after a restart.
                 delay = backoff * random.uniform(0.5, 1.0)
@@ -259,6 +281,7 @@ async def run_ingest(
         await beat.close(session_ended=session_ended)
     finally:
         metrics.broker_up.set(0)
+        health.set("broker", False, "stopped")
         await stack.aclose()
         await pool.close()
         log.info(
@@ -315,5 +338,7 @@ def _observe(
     if redelivered:
         metrics.redeliveries.inc(redelivered)
     now_ms = time.time() * 1000
+    if stamps:
+        metrics.newest_sample.observe(max(stamps) / 1000)
     for ms in stamps[:: max(1, len(stamps) // 100)]:  # a sample of the batch keeps this off the hot path
         metrics.latency_seconds.observe(max(0.0, (now_ms - ms) / 1000))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import typer
 
 from wearline.errors import WearlineError
+from wearline.health import PROCESS_HEALTH
 from wearline.lifecycle import run_service, serve_metrics
 from wearline.logs import setup_logging
 from wearline.settings import Settings, load_settings
@@ -85,11 +86,19 @@ def run_stage(
     main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, object]],
     port: int,
 ) -> None:
-    """Run a long-lived stage with metrics on ``port`` until SIGTERM/SIGINT, then shut it down gracefully."""
+    """Run a long-lived stage with metrics and health on ``port`` until SIGTERM/SIGINT, then shut it down gracefully.
+
+    The stage starts once its database answers and its schema is migrated; until then it waits, not ready (a schema
+    nobody migrated still ends the command at once: waiting would not fix it).
+    """
+    from wearline.db import wait_for_database  # noqa: PLC0415 (offline commands never load the database layer)
+
     settings = settings_of(ctx)
+    PROCESS_HEALTH.declare("database")
 
     async def body(stop: asyncio.Event) -> None:
-        await main(settings, stop)
+        if await wait_for_database(settings.database, stop, PROCESS_HEALTH) is not None:
+            await main(settings, stop)
 
-    serve_metrics(port, setting=f"{name}.metrics_port")
+    serve_metrics(port, setting=f"{name}.metrics_port", host=settings.metrics_host)
     run_async(run_service(name, body, grace_s=settings.shutdown_grace_s))

@@ -14,34 +14,28 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from wearline.errors import WearlineError
+from wearline.health import PROCESS_HEALTH, Health, MetricsPortError, beat_while, serve_health
 
 __all__ = ["MetricsPortError", "run_service", "serve_metrics"]
 
 log = logging.getLogger(__name__)
 
 
-class MetricsPortError(WearlineError, OSError):
-    """The metrics endpoint could not bind its port."""
-
-
-def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY, *, setting: str = "metrics_port") -> None:
-    """Expose ``registry`` on ``http://0.0.0.0:port/metrics``; port 0 turns the endpoint off.
+def serve_metrics(
+    port: int,
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    setting: str = "metrics_port",
+    host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes from another host; metrics_host narrows it
+    health: Health = PROCESS_HEALTH,
+) -> None:
+    """Expose ``registry`` on ``http://host:port/metrics`` with ``/healthz`` and ``/readyz``; port 0 turns it off.
 
     ``setting`` names the setting the port came from (``ingest.metrics_port``), for the message when it is taken.
     """
-    if port:
-        try:
-            start_http_server(port, registry=registry)
-        except OSError as exc:
-            env = "WEARLINE_" + setting.upper().replace(".", "__")
-            raise MetricsPortError(
-                f"cannot serve metrics on port {port}: {exc.strerror or exc}. Each Wearline process on one host "
-                f"needs a port of its own: set {setting} ({env}), or 0 to turn the endpoint off"
-            ) from exc
-        log.info("metrics on :%d/metrics", port)
+    serve_health(host, port, registry=registry, health=health, setting=setting)
 
 
 async def run_service(
@@ -50,8 +44,11 @@ async def run_service(
     *,
     grace_s: float,
     stop: asyncio.Event | None = None,
+    health: Health = PROCESS_HEALTH,
 ) -> None:
-    """Run ``main(stop)`` until it returns; signals set ``stop``, and ``grace_s`` later the task is cancelled."""
+    """Run ``main(stop)`` until it returns; signals set ``stop``, and ``grace_s`` later the task is cancelled.
+
+    While it runs, the loop ticks ``health`` every second: ``/healthz`` fails when the loop stalls."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -61,6 +58,7 @@ async def run_service(
             installed.append(sig)
     task = asyncio.create_task(main(stop), name=name)
     stop_wait = asyncio.create_task(stop.wait())
+    beating = asyncio.create_task(beat_while(health, stop), name=f"{name}-heartbeat")
     try:
         await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
@@ -80,5 +78,8 @@ async def run_service(
         raise
     finally:
         stop_wait.cancel()
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
         for sig in installed:
             loop.remove_signal_handler(sig)

@@ -312,6 +312,9 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     log: LogSettings = LogSettings()
     shutdown_grace_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - Prometheus and the kubelet's probes come from other hosts
+    """The address each stage's metrics port (``/metrics``, ``/healthz``, ``/readyz``) listens on: ``127.0.0.1``
+    keeps it on this host, ``::`` for IPv6."""
 
     @field_validator("topic_prefix")
     @classmethod

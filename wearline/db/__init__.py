@@ -14,6 +14,7 @@ from wearline.db._migrate import (
 from wearline.db._partitions import ensure_partitions, maintain_storage
 from wearline.db._roles import GRANTS, ROLES, apply_roles
 from wearline.db._storage import StorageError, choose_storage, probe_timescaledb
+from wearline.db._wait import wait_for_database
 
 __all__ = [
     "GRANTS",
@@ -36,4 +37,5 @@ __all__ = [
     "probe_timescaledb",
     "require_migrated",
     "storage_mode",
+    "wait_for_database",
 ]
