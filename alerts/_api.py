@@ -357,3 +357,11 @@ async def machines(conn: DbConn, who: Who, site: Annotated[Text | None, Query()]
 async def healthz(conn: DbConn) -> dict[str, str]:
     await conn.execute("SELECT 1")
     return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"], include_in_schema=False)
+async def readyz(conn: DbConn) -> dict[str, str]:
+    """Ready: the database answers through the pool (a request that cannot get a connection fails as 503). The
+    metrics port serves the process's own /healthz and /readyz too (wearline.health)."""
+    await conn.execute("SELECT 1")
+    return {"status": "ready"}
