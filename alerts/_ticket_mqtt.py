@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import ssl
 import time
 from typing import Any
 
@@ -85,7 +84,7 @@ class TicketPublisher:
             username=m.username,
             password=m.password.get_secret_value() if m.password else None,
             protocol=aiomqtt.ProtocolVersion.V5 if m.protocol == "5" else aiomqtt.ProtocolVersion.V311,
-            tls_context=ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None) if m.tls else None,
+            tls_context=m.ssl_context(),
             keepalive=m.keepalive_s,
             # Bounds the connection and each PUBACK: a broker silent that long is treated as gone.
             timeout=m.connect_timeout_s,

@@ -19,7 +19,6 @@ import collections
 import contextlib
 import logging
 import socket
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,8 +108,7 @@ class Subscriber:
         if s.username is not None:
             client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
         if s.tls:
-            context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
-            client.tls_set_context(context)
+            client.tls_set_context(s.ssl_context())
         client.connect_timeout = s.connect_timeout_s
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -357,7 +355,7 @@ class Subscriber:
             if s.username is not None:
                 client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
             if s.tls:
-                client.tls_set_context(ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None))
+                client.tls_set_context(s.ssl_context())
             client.connect(s.host, s.port, keepalive=s.keepalive_s)
             client.loop(s.connect_timeout_s)  # read the CONNACK: the session is gone from here
             client.disconnect()
@@ -452,7 +450,7 @@ def _probe(settings: MqttSettings, client_id: str, wait_s: float) -> str | None:
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password.get_secret_value() if settings.password else None)
     if settings.tls:
-        client.tls_set_context(ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None))
+        client.tls_set_context(settings.ssl_context())
     client.on_connect = on_connect
     client.on_message = on_message
     client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)

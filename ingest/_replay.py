@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,9 +93,7 @@ class _Publisher:
                 settings.username, settings.password.get_secret_value() if settings.password else None
             )
         if settings.tls:
-            client.tls_set_context(
-                ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-            )
+            client.tls_set_context(settings.ssl_context())
         client.connect_timeout = settings.connect_timeout_s
         client.max_inflight_messages_set(window)
         client.on_connect = self._on_connect

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 import time
 from types import TracebackType
@@ -54,7 +53,7 @@ class HostClient:
         if s.username is not None:
             self._client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
         if s.tls:
-            self._client.tls_set_context(ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None))
+            self._client.tls_set_context(s.ssl_context())
         if publish_state:
             offline = state_payload(online=False, timestamp=self._timestamp)
             self._client.will_set(self._state_topic, offline, qos=1, retain=True)

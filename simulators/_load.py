@@ -97,6 +97,8 @@ def run_load(
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{mqtt.client_id}-load", protocol=paho.MQTTv311)
     if mqtt.username:
         client.username_pw_set(mqtt.username, mqtt.password.get_secret_value() if mqtt.password else None)
+    if mqtt.tls:
+        client.tls_set_context(mqtt.ssl_context())
     client.max_queued_messages_set(0)
     connected = threading.Event()
     client.on_connect = lambda *_args: connected.set()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,9 +72,7 @@ async def _connect(stack: contextlib.AsyncExitStack, mqtt: MqttSettings, identif
         identifier=identifier,
         username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
-        tls_context=ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
-        if mqtt.tls
-        else None,
+        tls_context=mqtt.ssl_context(),
         # Also bounds the wait for a PUBACK: a broker silent that long is gone, and the run says so.
         timeout=mqtt.connect_timeout_s,
     )

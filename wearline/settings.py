@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -68,6 +69,13 @@ class MqttSettings(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     tls: bool = False
     ca_file: Path | None = None
+    """CA bundle the broker's certificate is checked against (default: the system's)."""
+    cert_file: Path | None = None
+    """Client certificate (PEM) presented to the broker, for a listener with ``require_certificate``."""
+    key_file: Path | None = None
+    """The client certificate's private key (PEM); default: inside ``cert_file``."""
+    tls_verify: bool = True
+    """Check the broker's certificate and host name; off only for a test broker, never across a network."""
     username: str | None = None
     password: SecretStr | None = None
     client_id: str = Field(default="wearline", min_length=1, max_length=23 * 4)
@@ -78,11 +86,37 @@ class MqttSettings(_Section):
 
     @model_validator(mode="after")
     def _tls_needs_ca_or_system(self) -> MqttSettings:
-        if self.ca_file is not None and not self.tls:
-            raise ValueError("mqtt.ca_file is set but mqtt.tls is false")
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, name) is not None and not self.tls:
+                raise ValueError(f"mqtt.{name} is set but mqtt.tls is false")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("mqtt.key_file is set without mqtt.cert_file")
         if self.password is not None and self.username is None:
             raise ValueError("mqtt.password is set without mqtt.username")
         return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context every MQTT client of Wearline connects with; ``None`` when ``tls`` is off.
+
+        A missing or unreadable file fails here, at start-up, naming the setting."""
+        if not self.tls:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"mqtt.ca_file ({self.ca_file}): cannot load the CA bundle: {exc}") from exc
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise SettingsError(
+                    f"mqtt.cert_file/mqtt.key_file ({self.cert_file}, {self.key_file}): cannot load the client "
+                    f"certificate: {exc}"
+                ) from exc
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
 
 class DatabaseSettings(_Section):
