@@ -40,6 +40,7 @@ from psycopg import sql
 
 from wearline.command import settings_of
 from wearline.errors import WearlineError
+from wearline.mosquitto import local_broker_config
 from wearline.settings import Settings
 from wearline.shipped import shipped
 
@@ -235,19 +236,13 @@ class _Broker:
         self.data = work / "mosquitto"
         self.data.mkdir()
         os.chmod(self.data, 0o777)  # noqa: S103
-        self.autosave_interval = 0
-        lines = []
-        for line in SHIPPED_CONF.read_text().splitlines():
-            if line.startswith("listener "):
-                lines.append(f"listener {self.port} 127.0.0.1")
-            elif line.startswith("persistence_location "):
-                lines.append(f"persistence_location {self.data}/")
-            else:
-                if line.startswith("autosave_interval "):
-                    self.autosave_interval = int(line.split()[1])
-                lines.append(line)
+        shipped = SHIPPED_CONF.read_text()
+        self.autosave_interval = next(
+            (int(line.split()[1]) for line in shipped.splitlines() if line.startswith("autosave_interval ")), 0
+        )
+        # The shipped delivery settings behind a test-only anonymous listener on 127.0.0.1 (wearline/mosquitto.py).
         self.conf = work / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
+        self.conf.write_text(local_broker_config(shipped, port=self.port, persistence=self.data))
         self.log = work / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

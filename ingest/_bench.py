@@ -36,6 +36,7 @@ from psycopg import sql
 
 from wearline.db import connection_kwargs, migrate
 from wearline.errors import WearlineError
+from wearline.mosquitto import local_broker_config
 from wearline.progress import Bar, progress
 from wearline.settings import Settings
 from wearline.shipped import shipped
@@ -100,16 +101,9 @@ def own_broker() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
         # Mosquitto started as root drops to the mosquitto user, which must be able to write here.
         os.chmod(work, 0o777)  # noqa: S103
         port = _free_port()
-        lines = []
-        for line in SHIPPED_CONF.read_text().splitlines():
-            if line.startswith("listener "):
-                lines.append(f"listener {port} 127.0.0.1")
-            elif line.startswith("persistence_location "):
-                lines.append(f"persistence_location {work}/")
-            else:
-                lines.append(line)
+        # The shipped delivery settings behind a test-only anonymous listener on 127.0.0.1 (wearline/mosquitto.py).
         conf = Path(work) / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
+        conf.write_text(local_broker_config(SHIPPED_CONF.read_text(), port=port, persistence=Path(work)))
         proc = subprocess.Popen(  # noqa: S603 (our own broker binary and config)
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.conftest import TEST_DSN, unique
 from tests.ingest._support import Fleet, Key, ingest_env
+from wearline.mosquitto import local_broker_config
 from wearline.settings import Settings
 
 SHIPPED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "wearline.conf"
@@ -49,16 +50,9 @@ class Broker:
         os.chmod(work, 0o777)
         self.port = free_port()
         self.work = work
-        lines = []
-        for line in SHIPPED_CONF.read_text().splitlines():
-            if line.startswith("listener "):
-                lines.append(f"listener {self.port} 127.0.0.1")
-            elif line.startswith("persistence_location "):
-                lines.append(f"persistence_location {work}/")
-            else:
-                lines.append(line)
+        # The shipped delivery settings behind the test-only anonymous listener: these tests are about delivery.
         self.conf = work / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
+        self.conf.write_text(local_broker_config(SHIPPED_CONF.read_text(), port=self.port, persistence=work))
         self.log = work / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
