@@ -67,6 +67,8 @@ GRANTS: dict[str, dict[str, str]] = {
     "cmms_adapters": {ALERTS: R, API: "SELECT (adapter_id, tenant_id, name, statuses, removed_at)"},
     "cmms_requests": {ALERTS: RW, API: "SELECT, UPDATE (cmms_status, cmms_status_at)"},
     "sparkplug_nodes": {INGEST: RW, ALERTS: R},
+    # Ingest learns which tenant and site each live gateway covers; password hashes stay with the operator's login.
+    "gateways": {INGEST: "SELECT (gateway_id, kind, tenant_id, site_id, revoked_at)"},
     "sim_runs": {},
     "sim_events": {},
     "sim_truth": {},
