@@ -12,6 +12,16 @@ from ingest._dead_letters import (
     list_dead_letters,
     parse_time,
 )
+from ingest._gateways import (
+    RELOAD_HINT,
+    Gateway,
+    GatewayError,
+    add_gateway,
+    broker_files,
+    list_gateways,
+    revoke_gateway,
+    write_broker_files,
+)
 from ingest._membership import IngestMember, ingest_members
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError
@@ -20,23 +30,31 @@ from ingest._service import IngestSummary, run_ingest
 
 __all__ = [
     "PAYLOAD_REASONS",
+    "RELOAD_HINT",
     "BenchResult",
     "BrokerError",
     "DeadLetterError",
     "DeadLetterFilter",
+    "Gateway",
+    "GatewayError",
     "IngestMember",
     "IngestMetrics",
     "IngestSummary",
     "ReasonSummary",
     "ReplayCounts",
     "StoredDeadLetter",
+    "add_gateway",
+    "broker_files",
     "count_dead_letters",
     "dead_letter_summary",
     "get_dead_letter",
     "ingest_members",
     "list_dead_letters",
+    "list_gateways",
     "parse_time",
     "replay_dead_letters",
+    "revoke_gateway",
     "run_bench",
     "run_ingest",
+    "write_broker_files",
 ]

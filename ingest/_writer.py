@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ingest._conflicts import Clash, Entry, conflicts_of, describe
+from ingest._gateway_scope import GatewayScope, NoGateway
 from ingest._limits import DeadLetterLimiter, LruCache
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import Message
@@ -154,6 +155,7 @@ class BatchWriter:
         self._registry_checked = 0.0
         metrics.machine_cache.set_function(lambda: len(self._machines))
         self._partition_days: set[date] = set()
+        self._gateways = GatewayScope(required=ing.require_gateways)
         self._limiter = DeadLetterLimiter(
             rate_per_topic=ing.dead_letter_rate_per_topic,
             burst_per_topic=ing.dead_letter_burst_per_topic,
@@ -354,6 +356,7 @@ class BatchWriter:
         sp = self.sparkplug
         if sp is not None:
             sp.begin()
+        await self._gateways.refresh(self._pool, wait_s=self._wait_s)
         for msg in batch:
             if sp is not None and msg.topic.startswith(SPARKPLUG_PREFIX):
                 received += await self._prepare_sparkplug(msg, sp, rows, dead=dead, stamps=stamps, now_ms=now_ms)
@@ -361,6 +364,7 @@ class BatchWriter:
             try:
                 hit = machines.get(msg.topic)
                 path = parse_telemetry_topic(prefix, msg.topic) if hit is None else hit[1]
+                self._gateways.check(path)  # before the registry: no tenant or machine outside a gateway's site
                 decoded = decode_message(
                     msg.payload,
                     now_ms=now_ms,
@@ -377,6 +381,9 @@ class BatchWriter:
                 continue
             except UnknownMachine as exc:
                 dead.append(DeadLetter(msg.topic, msg.payload, Reason.UNKNOWN_MACHINE, str(exc)))
+                continue
+            except NoGateway as exc:
+                dead.append(DeadLetter(msg.topic, msg.payload, Reason.NO_GATEWAY, str(exc)))
                 continue
             except RegistryLimit as exc:
                 dead.append(DeadLetter(msg.topic, msg.payload, Reason.REGISTRY_LIMIT, str(exc)))

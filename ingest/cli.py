@@ -6,7 +6,7 @@ import asyncio
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -290,3 +290,128 @@ def dead_letters_replay(
         typer.echo(f"stopped early ({counts.stopped}): the rest is still pending; run the replay again")
     if counts.failed or counts.stopped is not None:
         raise typer.Exit(1)
+
+
+gateways_app = typer.Typer(
+    help="Gateways: the broker's users, each publishing for one tenant's site; the broker's password and ACL files.",
+    no_args_is_help=True,
+)
+app.add_typer(gateways_app, name="gateways")
+PasswordFileOpt = Annotated[
+    Path | None, typer.Option(help="Also write the broker's password file here (e.g. /etc/mosquitto/wearline/passwd).")
+]
+AclFileOpt = Annotated[
+    Path | None, typer.Option(help="Also write the broker's ACL file here (e.g. /etc/mosquitto/wearline/acl).")
+]
+
+
+def _gateways_do(ctx: typer.Context, work: Any, password_file: Path | None, acl_file: Path | None) -> Any:
+    """``work(conn)`` in one transaction, then the broker's files written from the registry when asked."""
+    from ingest import GatewayError, list_gateways, write_broker_files
+    from wearline.db import connect, require_migrated
+
+    settings = settings_of(ctx, needs={"log", "database", "topic_prefix"})
+    if (password_file is None) != (acl_file is None):
+        raise GatewayError("give both --password-file and --acl-file: the broker reads them together")
+
+    async def run() -> Any:
+        async with await connect(settings.database) as conn:
+            await require_migrated(conn, settings.database.schema_name)
+            async with conn.transaction():
+                result = await work(conn)
+            if password_file is not None and acl_file is not None:
+                gateways = await list_gateways(conn, live_only=True)
+                write_broker_files(gateways, settings.topic_prefix, password_file=password_file, acl_file=acl_file)
+        return result
+
+    return run_async(run())
+
+
+def _files_written(password_file: Path | None, acl_file: Path | None) -> None:
+    from ingest import RELOAD_HINT
+
+    if password_file is not None:
+        typer.echo(f"wrote {password_file} and {acl_file}. {RELOAD_HINT}.")
+    else:
+        typer.echo("the broker does not know yet: wearline gateways files --password-file P --acl-file A, then reload")
+
+
+@gateways_app.command("add")
+def gateways_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Its MQTT user name, and its client certificate's common name.")],
+    tenant: Annotated[str | None, typer.Option(help="The tenant it publishes for (created when new).")] = None,
+    site: Annotated[str | None, typer.Option(help="The tenant's site it publishes for (created when new).")] = None,
+    service: Annotated[
+        bool, typer.Option("--service", help="A stage's account instead: reads telemetry, publishes ticket events.")
+    ] = False,
+    certificate_only: Annotated[
+        bool, typer.Option("--certificate-only", help="No password: it logs in with a client certificate (CN=NAME).")
+    ] = False,
+    password_file: PasswordFileOpt = None,
+    acl_file: AclFileOpt = None,
+) -> None:
+    """Add a gateway (or --service account); prints its password once, only its hash is stored."""
+    from ingest import add_gateway
+
+    gateway, secret = _gateways_do(
+        ctx,
+        lambda conn: add_gateway(
+            conn, name=name, tenant=tenant, site=site, service=service, password=not certificate_only
+        ),
+        password_file,
+        acl_file,
+    )
+    scope = "service account" if gateway.kind == "service" else f"gateway for {gateway.tenant}/{gateway.site}"
+    typer.echo(f"#{gateway.gateway_id} {gateway.name}: {scope}")
+    if secret is not None:
+        typer.echo(f"password (shown once; user name {gateway.name}):")
+        typer.echo(secret)
+    else:
+        typer.echo(f"no password: give it a client certificate with CN={gateway.name} signed by the broker's cafile")
+    _files_written(password_file, acl_file)
+
+
+@gateways_app.command("list")
+def gateways_list(ctx: typer.Context) -> None:
+    """Every gateway and service account: scope, login, creation, revocation."""
+    from ingest import list_gateways
+
+    gateways = _gateways_do(ctx, list_gateways, None, None)
+    if not gateways:
+        typer.echo("no gateways: the broker admits nobody (wearline gateways add NAME --tenant T --site S)")
+    for g in gateways:
+        scope = "service (all telemetry)" if g.kind == "service" else f"{g.tenant}/{g.site}"
+        login = "password" if g.password_hash else "certificate"
+        state = f"revoked {g.revoked_at:%Y-%m-%d %H:%M}" if g.revoked_at else "live"
+        typer.echo(f"#{g.gateway_id} {g.name:<24} {scope:<32} {login:<11} added {g.created_at:%Y-%m-%d %H:%M} {state}")
+
+
+@gateways_app.command("revoke")
+def gateways_revoke(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The live gateway's name.")],
+    password_file: PasswordFileOpt = None,
+    acl_file: AclFileOpt = None,
+) -> None:
+    """Revoke a gateway: ingest refuses its site's telemetry within seconds (unless another gateway covers it)."""
+    from ingest import revoke_gateway
+
+    _gateways_do(ctx, lambda conn: revoke_gateway(conn, name), password_file, acl_file)
+    typer.echo(f"gateway {name} revoked")
+    _files_written(password_file, acl_file)
+
+
+@gateways_app.command("files")
+def gateways_files(
+    ctx: typer.Context,
+    password_file: Annotated[Path, typer.Option(help="The broker's password_file.")],
+    acl_file: Annotated[Path, typer.Option(help="The broker's acl_file.")],
+) -> None:
+    """Write the broker's password and ACL files from the registry (each replaced atomically)."""
+
+    async def nothing(conn: Any) -> None:
+        return None
+
+    _gateways_do(ctx, nothing, password_file, acl_file)
+    _files_written(password_file, acl_file)

@@ -213,6 +213,9 @@ class IngestSettings(_Section):
     """With ``auto_register``: a topic naming an unknown tenant creates it (off: machines only under known ones)."""
     max_auto_tenants: Annotated[int, Field(ge=0)] = 100
     """Tenants auto-registration may create in a schema; beyond it, dead letters with reason ``registry_limit``."""
+    require_gateways: bool = False
+    """Store telemetry only for a tenant and site a live gateway covers (``wearline gateways``), even before the
+    first gateway is added. Off, the same holds as soon as any gateway exists; with none, any topic is taken."""
     max_machines_per_tenant: Annotated[int, Field(ge=1)] = 10_000
     """Machines auto-registration may create in one tenant."""
     max_sensors_per_machine: Annotated[int, Field(ge=1, le=32_767)] = 512

@@ -53,6 +53,9 @@ class Reason(StrEnum):
     """Sparkplug data from an edge node or device with no birth in force (before its birth, after its death)."""
     SPARKPLUG_UNKNOWN_METRIC = "sparkplug_unknown_metric"
     """Sparkplug data naming an alias or metric its birth certificate did not declare."""
+    NO_GATEWAY = "no_gateway"
+    """Telemetry for a tenant and site that no live gateway covers, while gateways are in use (``wearline gateways``,
+    ``ingest.require_gateways``): the broker should have refused it; ingest refuses it again."""
 
 
 class PayloadError(ValueError):
