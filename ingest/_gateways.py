@@ -163,6 +163,9 @@ def broker_files(gateways: list[Gateway], topic_prefix: str) -> tuple[str, str]:
                 f"topic read {topic_prefix}/#",
                 f"topic write {topic_prefix}/+/tickets/#",
                 "topic readwrite spBv1.0/#",
+                # Ingest asks the broker what it is, to choose its subscription scheme (ingest/_scheme.py).
+                "topic read $SYS/broker/version",
+                "topic read $SYS/brokers/+/version",
             ]
         else:
             acl += [
