@@ -150,19 +150,35 @@ async def test_anonymous_wrong_password_and_revoked_are_refused_and_a_gateway_re
             assert sys_seen > 0, "the control: an account allowed to read $SYS receives it"
             assert gw_a.messages() == []
 
-        # Revoked, the files written again and the broker reloaded: gw-old may no longer log in, gw-a still may.
-        with client(broker.port, username="gw-old", password=passwords["gw-old"]) as before:
-            assert not _refused(before)
-        async with await connect(settings.database) as conn:
-            async with conn.transaction():
-                await revoke_gateway(conn, "gw-old")
-            await _write_files(conn, settings, broker)
-        broker.reload()
+        # Revoked, the files written again and the broker reloaded: gw-old may no longer log in, and what it
+        # publishes on the connection it held from before reaches nobody; gw-a still may.
+        old_topics = [f"{prefix}/acme/plant1/line9/old{i}/telemetry" for i in range(5)]
+        with (
+            client(broker.port, username=OBSERVER, password=OBSERVER_PASSWORD) as observer,
+            client(broker.port, username="gw-old", password=passwords["gw-old"]) as held,
+        ):
+            assert not _refused(held)
+            observer.subscribe(f"{prefix}/#")
+            held.publish(old_topics[:1], _payload(now))
+            async with await connect(settings.database) as conn:
+                async with conn.transaction():
+                    await revoke_gateway(conn, "gw-old")
+                await _write_files(conn, settings, broker)
+            broker.reload()
+            if held.paho is not None and held.paho.is_connected():
+                held.publish(old_topics[1:], _payload(now))
+            await asyncio.sleep(1.0)
+            after_reload = observer.messages()
+            held_connected = held.paho is not None and held.paho.is_connected()
         with client(broker.port, username="gw-old", password=passwords["gw-old"]) as after:
             pass
         with client(broker.port, username="gw-a", password=passwords["gw-a"]) as still:
             pass
-        print(f"gw-old after revocation and SIGHUP: {after.connack}; gw-a: {still.connack}")
+        print(
+            f"gw-old after revocation and SIGHUP: new connection {after.connack}; its held connection "
+            f"{'still open' if held_connected else 'closed'}, observer got {after_reload}; gw-a: {still.connack}"
+        )
+        assert after_reload == old_topics[:1], "only what gw-old published before its revocation"
         assert _refused(after)
         assert not _refused(still)
 
