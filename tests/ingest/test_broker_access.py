@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import ingest
 from ingest import add_gateway, list_gateways, revoke_gateway, write_broker_files
+from simulators import MachineGroup, Scenario, publish_fleet, run_load
 from tests.conftest import make_settings, unique
 from tests.ingest._broker_access import AuthBroker, Certs, auth_broker, certificates, client
 from tests.ingest._fault_support import SHIPPED_CONF
@@ -292,3 +293,44 @@ def test_the_shipped_configuration_admits_no_anonymous_client() -> None:
     tls = options.index(("listener", "8883"))
     block = {key for key, _ in options[tls + 1 : tls + 7]}
     assert {"certfile", "keyfile", "cafile", "require_certificate", "use_identity_as_username"} <= block
+
+
+@pytest.mark.timeout(90)
+async def test_the_simulators_publish_over_tls_with_a_client_certificate(schema: str) -> None:
+    """Both publishers (the live fleet on aiomqtt, the load generator on paho) used to ignore mqtt.tls."""
+    prefix = unique("wlt/")
+    with certificates(["sim-gw"]) as certs, auth_broker(certs, require_certificate=True) as broker:
+        settings = make_settings(
+            schema,
+            prefix,
+            "native",
+            mqtt={
+                "host": "127.0.0.1",
+                "port": broker.tls_port,
+                "tls": True,
+                "ca_file": str(certs.ca),
+                "cert_file": str(certs.cert("sim-gw")),
+                "key_file": str(certs.key("sim-gw")),
+            },
+        )
+        await migrate(settings.database)
+        await _registry(settings, broker, {"name": "sim-gw", "tenant": "acme", "site": "plant1", "password": False})
+        broker.reload()
+        scenario = Scenario(groups=(MachineGroup("centrifugal_pump", 3),))
+        with client(broker.port, username=OBSERVER, password=OBSERVER_PASSWORD) as observer:
+            observer.subscribe(f"{prefix}/#")
+            live = await publish_fleet(settings.mqtt, prefix, scenario, asyncio.Event(), steps=5, time_scale=1000)
+            load = await asyncio.to_thread(
+                run_load, settings.mqtt, prefix, scenario, machines=20, duration_s=0.3, qos=1
+            )  # fmt: skip
+            deadline = time.monotonic() + 15
+            while len(observer.messages()) < live.messages + load.messages:
+                assert time.monotonic() < deadline, f"{len(observer.messages())} of {live.messages + load.messages}"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            seen = observer.messages()
+    print(f"over TLS as sim-gw: live {live.messages} messages, load {load.messages}; observer got {len(seen)}")
+    assert live.messages > 0
+    assert load.messages > 0
+    assert len(seen) == live.messages + load.messages
+    assert all(t.startswith(f"{prefix}/acme/plant1/") for t in seen)
