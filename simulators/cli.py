@@ -207,7 +207,7 @@ def simulate(
         )
 
     try:
-        run_stage(ctx, "simulate", main, 0)
+        run_stage(ctx, "simulate", main, 0, database=False)  # --truth-db migrates in main
     except ScenarioError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

@@ -85,20 +85,25 @@ def run_stage(
     name: str,
     main: Callable[[Settings, asyncio.Event], Coroutine[Any, Any, object]],
     port: int,
+    *,
+    database: bool = True,
 ) -> None:
     """Run a long-lived stage with metrics and health on ``port`` until SIGTERM/SIGINT, then shut it down gracefully.
 
-    The stage starts once its database answers and its schema is migrated; until then it waits, not ready (a schema
-    nobody migrated still ends the command at once: waiting would not fix it).
+    With ``database`` the stage starts once its database answers and its schema is migrated; until then it waits, not
+    ready (a schema nobody migrated still ends the command at once: waiting would not fix it). Without it (the
+    simulators, which only publish) the database is never touched.
     """
-    from wearline.db import wait_for_database  # noqa: PLC0415 (offline commands never load the database layer)
-
     settings = settings_of(ctx)
-    PROCESS_HEALTH.declare("database")
 
     async def body(stop: asyncio.Event) -> None:
-        if await wait_for_database(settings.database, stop, PROCESS_HEALTH) is not None:
+        from wearline.db import wait_for_database  # noqa: PLC0415 (offline commands never load the database layer)
+
+        if not database or await wait_for_database(settings.database, stop, PROCESS_HEALTH) is not None:
             await main(settings, stop)
+
+    if database:
+        PROCESS_HEALTH.declare("database")
 
     serve_metrics(port, setting=f"{name}.metrics_port", host=settings.metrics_host)
     run_async(run_service(name, body, grace_s=settings.shutdown_grace_s))
