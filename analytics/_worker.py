@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from psycopg.types.json import Jsonb
 from analytics._base import Matrix, RunHistory
 from analytics._ewma import EwmaMad
 from analytics._leases import claim_machines, release_all
-from analytics._offline import _Conditions, detector_name
+from analytics._offline import DETECTORS, _Conditions, detector_name
 from analytics._registry import ModelCache
 from analytics._threshold import Thresholded
 from wearline.db import open_pool
@@ -72,8 +73,16 @@ class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows = Counter("wearline_analytics_rows_scored_total", "Readings rows scored.", registry=registry)
         self.anomalies = Counter(
-            "wearline_analytics_anomalies_total", "Anomalies recorded, by detector.", ["detector"], registry=registry
+            "wearline_analytics_anomalies_total",
+            "Anomalies recorded, by detector: ewma_mad (the streaming detector on raw rows) or the kind of a registered "
+            "model scoring hourly rows (knn, mahalanobis, ...).",
+            ["detector"],
+            registry=registry,
         )
+        # Every detector reads 0 from the start: a series that appears with its first anomaly leaves a panel empty and
+        # an increase() over it wrong by that first anomaly.
+        for name in (DETECTOR, *DETECTORS):
+            self.anomalies.labels(name)
         self.rul = Counter("wearline_analytics_rul_estimates_total", "RUL estimates recorded.", registry=registry)
         self.pass_seconds = Histogram(
             "wearline_analytics_pass_seconds", "Time for one pass over the owned machines.", registry=registry
@@ -218,6 +227,16 @@ class _Scorer:
         """Per machine, the hour and model version of its last RUL estimate."""
         self.warned: set[tuple[int, str]] = set()
         """(machine, model version) pairs whose model could not be used: said once, not on every pass."""
+        self.found: Tally[str] = Tally()
+        """Anomalies committed by detector kind (a model's version left out: it would be a label value per upload)
+        since the worker last took them (:meth:`take_found`)."""
+        self._recording: Tally[str] = Tally()
+        """The same, of the transaction in progress: counted only once it commits."""
+
+    def take_found(self) -> dict[str, int]:
+        """The anomalies committed by detector kind since the last call."""
+        found, self.found = dict(self.found), Tally()
+        return found
 
     def _cannot(self, machine_id: int, version: str, why: str) -> int:
         """Skip a registered model on a machine, loudly but once: a model scoring without its inputs would
@@ -241,6 +260,7 @@ class _Scorer:
     async def score(self, conn: psycopg.AsyncConnection[Any], machine_id: int) -> tuple[int, int, int, datetime | None]:
         """Score rows after the watermark; returns (rows, anomalies, rul estimates, newest time)."""
         an = self.settings.analytics
+        self._recording = Tally()
         async with conn.transaction():
             # Belt and braces under the lease: never two transactions on one machine's watermark at once.
             cur = await conn.execute(
@@ -288,7 +308,7 @@ class _Scorer:
             flags = stream.flags.flag_many(per.max(axis=1, initial=0.0))
             anomalies = 0
             if flags.any():
-                anomalies += await _record(
+                recorded = await _record(
                     conn,
                     machine_id,
                     new=new,
@@ -298,6 +318,8 @@ class _Scorer:
                     detector=DETECTOR,
                     threshold=an.z_threshold,
                 )
+                self._recording[DETECTOR] += recorded
+                anomalies += recorded
             anomalies += await self._hourly_anomalies(conn, machine_id, machine, new[-1][0])
             ruls = await self._rul(conn, machine_id, machine, new[-1][0])
             await conn.execute(
@@ -306,6 +328,7 @@ class _Scorer:
                    updated_at = now()""",
                 [machine_id, DETECTOR, new[-1][0]],
             )
+        self.found.update(self._recording)
         stream.last = new[-1][0]
         self.streams[machine_id] = stream
         return len(new), anomalies, ruls, new[-1][0]
@@ -375,16 +398,19 @@ class _Scorer:
         )
         if not flags.any():
             return 0
-        return await _record(
+        kind = detector_name(am.detector.detector)
+        recorded = await _record(
             conn,
             machine_id,
             new=[(b,) for b, f in zip(buckets, fresh, strict=True) if f],
             per=am.contributions(rows)[fresh],
             flags=flags,
             names=am.features,
-            detector=f"{detector_name(am.detector.detector)}:{version}",
+            detector=f"{kind}:{version}",
             threshold=float(am.detector.threshold or 0),
         )
+        self._recording[kind] += recorded
+        return recorded
 
     async def _rul(self, conn: psycopg.AsyncConnection[Any], machine_id: int, machine: _Machine, last: datetime) -> int:
         mtype = machine.machine_type
@@ -534,8 +560,9 @@ async def run_analytics(
                         summary.rul_estimates += ruls
                         metrics.rows.inc(rows)
                         metrics.rul.inc(ruls)
+                        for kind, n in scorer.take_found().items():
+                            metrics.anomalies.labels(kind).inc(n)
                         if found:
-                            metrics.anomalies.labels("any").inc(found)
                             log.info("machine %d: anomaly recorded", machine_id)
                         if last is not None and (newest is None or last > newest):
                             newest = last

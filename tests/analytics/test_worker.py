@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 import analytics._store
 from analytics import (
     AnalyticsSummary,
+    DETECTORS,
     AnomalyModel,
     RulEstimator,
     RulModel,
@@ -273,7 +274,8 @@ async def test_worker_scores_complete_hours_with_registered_models_and_writes_ru
         other = (await cur.fetchone() or [0])[0]
         await conn.commit()
         stop = asyncio.Event()
-        task = asyncio.create_task(run_analytics(settings, stop, registry=CollectorRegistry(), worker="solo"))
+        registry = CollectorRegistry()
+        task = asyncio.create_task(run_analytics(settings, stop, registry=registry, worker="solo"))
         try:
             # Two batches: the second pass continues from the hourly watermark the first one left.
             for hours in (range(30), range(30, 60)):
@@ -309,6 +311,16 @@ async def test_worker_scores_complete_hours_with_registered_models_and_writes_ru
             "SELECT bool_and(lower_hours <= rul_hours AND rul_hours <= upper_hours) FROM rul_estimates"
         )
         ordered = (await cur.fetchone() or [False])[0]
+        cur = await conn.execute("SELECT split_part(detector, ':', 1), count(*) FROM anomalies GROUP BY 1")
+        stored = dict(await cur.fetchall())
+    # The metric names the detector that found each anomaly (the model's kind, not its version), and every kind reads
+    # 0 before its first: a rate() over it is never empty.
+    counted = {
+        detector: registry.get_sample_value("wearline_analytics_anomalies_total", {"detector": detector})
+        for detector in ("ewma_mad", *DETECTORS)
+    }
+    assert counted == {detector: float(stored.get(detector, 0)) for detector in counted}, (counted, stored)
+    assert counted["knn"] == 2
     assert summary.rul_estimates >= MACHINES
     assert rul_versions == [versions[1]]
     assert ordered
