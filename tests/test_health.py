@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+import wearline
 from tests.conftest import TEST_DSN, TEST_MQTT, make_settings, unique
 from tests.ingest._fault_support import free_port
 from tests.ingest._support import TcpProxy
@@ -57,6 +59,10 @@ def test_the_endpoints_answer_from_the_checks_and_nothing_else_is_served() -> No
         assert status == 200
         assert 'wearline_readiness_check{check="database"} 1.0' in text
         assert "wearline_ready 1.0" in text
+        build = [line for line in text.splitlines() if line.startswith("wearline_build_info{")]
+        assert build == [
+            f'wearline_build_info{{python_version="{platform.python_version()}",version="{wearline.__version__}"}} 1.0'
+        ]
         # The loop stalls: ten times the limit without a beat.
         now[0] += 20.0
         status, body = _get(server.port, "/healthz")

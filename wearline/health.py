@@ -10,7 +10,8 @@ Liveness is the event loop's own heartbeat: the HTTP server runs in a thread of 
 the loop wedged, so ``/healthz`` fails once the loop has not ticked for ``stall_s``.
 
 The same states are metrics, so that Prometheus sees a stage waiting for its database from its first scrape:
-``wearline_ready`` and ``wearline_readiness_check{check}`` (1 passing, 0 failing).
+``wearline_ready`` and ``wearline_readiness_check{check}`` (1 passing, 0 failing). Beside them every process serves
+``wearline_build_info``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from wearline.errors import WearlineError
+from wearline.gauges import BUILD_INFO
 
 __all__ = [
     "PROCESS_HEALTH",
@@ -219,8 +221,9 @@ def serve_health(
     """
     if not port:
         return None
-    with contextlib.suppress(ValueError):  # already registered: a second server of the same process
-        registry.register(health)
+    for collector in (health, BUILD_INFO):
+        with contextlib.suppress(ValueError):  # already registered: a second server of the same process
+            registry.register(collector)
     server_cls = type("Server", (HealthServer,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
     try:
         server: WSGIServer = make_server(
