@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from typing import Annotated, Any
 
 import psycopg
 import typer
 from psycopg import sql
 
 from wearline.command import run_async, settings_of
+from wearline.errors import WearlineError
 
 db_app = typer.Typer(help="Database schema: migrations and status.", no_args_is_help=True)
 
@@ -45,6 +48,37 @@ def db_migrate(ctx: typer.Context) -> None:
     applied = run_async(migrate(settings.database))
     schema = settings.database.schema_name
     typer.echo(f"schema {schema}: applied {applied}" if applied else f"schema {schema}: up to date")
+
+
+@db_app.command("wait")
+def db_wait(
+    ctx: typer.Context,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 2, saying why).")
+    ] = 600.0,
+) -> None:
+    """Wait until the database answers and the schema holds every migration this Wearline needs.
+
+    A stage ends at once on a schema that is not migrated (waiting would not fix a schema nobody migrates); a
+    roll-out that migrates in a Job of its own runs this before each stage (an init container) instead.
+    """
+    from wearline.db import DatabaseUnavailable, NotMigrated, check_migrated
+
+    settings = settings_of(ctx, needs={"log", "database"})
+
+    async def wait() -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return await check_migrated(settings.database)
+            except (DatabaseUnavailable, NotMigrated) as exc:
+                if time.monotonic() >= deadline:
+                    why = " ".join(str(exc).split())  # libpq's hint comes on a line of its own
+                    raise WearlineError(f"db wait: not ready after {timeout_s:g} s: {why}") from None
+            await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    mode = run_async(wait())
+    typer.echo(f"schema {settings.database.schema_name}: migrated ({mode})")
 
 
 async def _exists(conn: psycopg.AsyncConnection[Any], schema: str, table: str) -> bool:
