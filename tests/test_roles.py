@@ -75,6 +75,17 @@ async def test_every_table_has_its_grants_declared(migrated: Settings) -> None:
         ("wearline_api", "SELECT * FROM webhooks"),
         ("wearline_api", "DELETE FROM tickets"),
         ("wearline_api", "SELECT * FROM dead_letters"),
+        # The dashboards' reader: Grafana runs whatever SQL an editor types.
+        ("wearline_readonly", "DELETE FROM tickets"),
+        ("wearline_readonly", "UPDATE machines SET name = 'x'"),
+        ("wearline_readonly", "INSERT INTO tenants (name) VALUES ('x')"),
+        ("wearline_readonly", "SELECT * FROM api_tokens"),
+        ("wearline_readonly", "SELECT * FROM webhooks"),
+        ("wearline_readonly", "SELECT secret FROM cmms_adapters"),
+        ("wearline_readonly", "SELECT password_hash FROM gateways"),
+        ("wearline_readonly", "SELECT blob FROM models"),
+        ("wearline_readonly", "SELECT payload FROM dead_letters"),
+        ("wearline_readonly", "SELECT nextval(pg_get_serial_sequence('tickets', 'ticket_id'))"),
     ],
 )  # fmt: skip
 async def test_a_stage_role_is_refused_what_is_not_its_business(migrated: Settings, role: str, statement: str) -> None:
@@ -83,6 +94,17 @@ async def test_a_stage_role_is_refused_what_is_not_its_business(migrated: Settin
         assert await cur.fetchone() == (role,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await conn.execute(statement)
+
+
+async def test_the_readonly_role_reads_every_tenant(migrated: Settings, two_tenants: dict[str, Any]) -> None:
+    """Dashboards are an operator's view across tenants: the row-level security that confines the API must not hide
+    rows from them (a role outside every policy would read nothing at all)."""
+    async with await connect(as_role(migrated, "wearline_readonly").database, autocommit=True) as conn:
+        for table in ["tenants", "machines", "anomalies", "tickets", "ticket_events"]:
+            cur = await conn.execute(f"SELECT count(*) FROM {table}")
+            assert await cur.fetchone() == (2,), table
+        cur = await conn.execute("SELECT count(reason) FROM dead_letters")
+        assert await cur.fetchone() == (0,)
 
 
 async def test_the_api_role_sees_one_tenant_even_when_a_query_forgets_to_filter(

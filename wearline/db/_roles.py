@@ -1,7 +1,7 @@
 """Least-privilege database roles, one per stage, and row-level security for the API (issue 14, item 3).
 
 ``wearline db migrate`` applies this after the migrations, every time (it is idempotent, and a table a new
-migration adds gets its grants here in the same release). Four group roles (``NOLOGIN``) hold the grants;
+migration adds gets its grants here in the same release). Five group roles (``NOLOGIN``) hold the grants;
 operators give each stage a login that is a member of its role, or point a shared login at it with
 ``database.role`` (``SET ROLE`` at connection start). The schema's owner, the login that migrates, keeps every
 right and is what the operator's commands (``db``, ``models register``, ``tokens``, ``webhooks``, ``simulate``)
@@ -14,6 +14,10 @@ use.
 - api reads and acts on tickets of **one tenant per request**: every tenant-scoped table it can reach has a
   row-level security policy keyed by ``wearline.tenant_id``, which only ``api_authenticate`` (a
   ``SECURITY DEFINER`` function, the API's only way to read ``api_tokens``) sets, to the token's tenant.
+- readonly is the dashboards' (Grafana's PostgreSQL data source): it reads the registry, readings, evidence, tickets
+  and the stages' bookkeeping across tenants, and writes nothing. Grafana runs whatever SQL a dashboard editor types,
+  so its login must not be a stage's: with this role a typed ``DELETE`` is refused, and secrets (token hashes,
+  webhook and CMMS secrets, gateway passwords), model blobs and refused payloads stay out of reach.
 """
 
 from __future__ import annotations
@@ -24,40 +28,46 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["GRANTS", "ROLES", "apply_roles"]
+__all__ = ["GRANTS", "READONLY", "ROLES", "apply_roles"]
 
 log = logging.getLogger(__name__)
 
 INGEST, ANALYTICS, ALERTS, API = "wearline_ingest", "wearline_analytics", "wearline_alerts", "wearline_api"
-ROLES = (INGEST, ANALYTICS, ALERTS, API)
+READONLY = "wearline_readonly"
+ROLES = (INGEST, ANALYTICS, ALERTS, API, READONLY)
 
 R = "SELECT"
 RW = "SELECT, INSERT, UPDATE, DELETE"
-_REGISTRY = {INGEST: "SELECT, INSERT, UPDATE", ANALYTICS: R, ALERTS: R, API: R}
+_REGISTRY = {INGEST: "SELECT, INSERT, UPDATE", ANALYTICS: R, ALERTS: R, API: R, READONLY: R}
 
 # Every table and view of the schema, with what each stage may do to it; a table missing here fails
 # tests/test_roles.py, so a new migration cannot leave its table unreachable or open by accident.
 GRANTS: dict[str, dict[str, str]] = {
     "schema_migrations": dict.fromkeys(ROLES, R),
     "meta": dict.fromkeys(ROLES, R),
-    "tenants": {INGEST: "SELECT, INSERT", ANALYTICS: R, ALERTS: R, API: R},
+    "tenants": {INGEST: "SELECT, INSERT", ANALYTICS: R, ALERTS: R, API: R, READONLY: R},
     "sites": _REGISTRY,
     "lines": _REGISTRY,
     "machine_types": _REGISTRY,
     "machines": _REGISTRY,
     "sensors": _REGISTRY,
-    "readings": {INGEST: "SELECT, INSERT, UPDATE", ANALYTICS: R, ALERTS: R, API: R},
-    "readings_hourly": {ANALYTICS: R, ALERTS: R, API: R},
-    "dead_letters": {INGEST: RW, ALERTS: R},
-    "ingest_members": {INGEST: RW},
-    "analytics_workers": {ANALYTICS: RW},
-    "analytics_leases": {ANALYTICS: RW},
-    "analytics_watermarks": {ANALYTICS: RW, ALERTS: R, API: R},
-    "anomalies": {ANALYTICS: "SELECT, INSERT, UPDATE", ALERTS: "SELECT, UPDATE", API: R},
-    "rul_estimates": {ANALYTICS: "SELECT, INSERT", ALERTS: "SELECT, UPDATE", API: R},
+    "readings": {INGEST: "SELECT, INSERT, UPDATE", ANALYTICS: R, ALERTS: R, API: R, READONLY: R},
+    "readings_hourly": {ANALYTICS: R, ALERTS: R, API: R, READONLY: R},
+    # Dashboards count refused messages by reason and topic; the payloads themselves stay with the operator.
+    "dead_letters": {
+        INGEST: RW,
+        ALERTS: R,
+        READONLY: "SELECT (dead_letter_id, received_at, topic, reason, replayed_at)",
+    },
+    "ingest_members": {INGEST: RW, READONLY: R},
+    "analytics_workers": {ANALYTICS: RW, READONLY: R},
+    "analytics_leases": {ANALYTICS: RW, READONLY: R},
+    "analytics_watermarks": {ANALYTICS: RW, ALERTS: R, API: R, READONLY: R},
+    "anomalies": {ANALYTICS: "SELECT, INSERT, UPDATE", ALERTS: "SELECT, UPDATE", API: R, READONLY: R},
+    "rul_estimates": {ANALYTICS: "SELECT, INSERT", ALERTS: "SELECT, UPDATE", API: R, READONLY: R},
     "models": {ANALYTICS: R},
-    "tickets": {ALERTS: RW, API: "SELECT, UPDATE"},
-    "ticket_events": {ALERTS: "SELECT, INSERT", API: "SELECT, INSERT"},
+    "tickets": {ALERTS: RW, API: "SELECT, UPDATE", READONLY: R},
+    "ticket_events": {ALERTS: "SELECT, INSERT", API: "SELECT, INSERT", READONLY: R},
     "outbox": {ALERTS: RW},
     "webhooks": {ALERTS: R},
     "api_tokens": {},
@@ -135,6 +145,16 @@ async def apply_roles(conn: psycopg.AsyncConnection[Any], schema: str, mode: str
     row = await cur.fetchone()
     may_create = bool(row and row[0])
     missing = [r for r in ROLES if r not in existing]
+    roles: tuple[str, ...] = ROLES
+    if READONLY in missing and not may_create:
+        # Added after the stage roles: an installation whose administrator created those four keeps its grants.
+        log.warning(
+            "database role %s is missing and this login may not create it: dashboards have no read-only role; "
+            "create it once as an administrator (docs/metrics.md)",
+            READONLY,
+        )
+        missing.remove(READONLY)
+        roles = tuple(r for r in ROLES if r != READONLY)
     if missing and not may_create:
         log.warning(
             "database roles %s are missing and %s may not create them: every stage keeps using its own login; "
@@ -152,11 +172,12 @@ async def apply_roles(conn: psycopg.AsyncConnection[Any], schema: str, mode: str
         )
     s = sql.Identifier(schema)
     await conn.execute(
-        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, sql.SQL(", ").join(map(sql.Identifier, ROLES)))
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, sql.SQL(", ").join(map(sql.Identifier, roles)))
     )
+    # Not the reader's: nextval() is a write.
     await conn.execute(
         sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
-            s, sql.SQL(", ").join(map(sql.Identifier, ROLES))
+            s, sql.SQL(", ").join(sql.Identifier(r) for r in roles if r != READONLY)
         )
     )
     cur = await conn.execute(
@@ -169,9 +190,11 @@ async def apply_roles(conn: psycopg.AsyncConnection[Any], schema: str, mode: str
     for table in sorted(tables):
         t = sql.Identifier(schema, table)
         await conn.execute(
-            sql.SQL("REVOKE ALL ON {} FROM {}").format(t, sql.SQL(", ").join(map(sql.Identifier, ROLES)))
+            sql.SQL("REVOKE ALL ON {} FROM {}").format(t, sql.SQL(", ").join(map(sql.Identifier, roles)))
         )
         for role, privileges in GRANTS.get(table, {}).items():
+            if role not in roles:
+                continue
             await conn.execute(sql.SQL(f"GRANT {privileges} ON {{}} TO {{}}").format(t, sql.Identifier(role)))
     for fn in _DEFINERS:
         cur = await conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [f"{schema}.{fn}"])
@@ -182,7 +205,8 @@ async def apply_roles(conn: psycopg.AsyncConnection[Any], schema: str, mode: str
     if mode == "native" and "readings_hourly" in tables:
         # A view runs with its owner's rights unless told otherwise: the API must meet readings' policy through it.
         await conn.execute("ALTER VIEW readings_hourly SET (security_invoker = true)")
-    others = sql.SQL(", ").join(map(sql.Identifier, (INGEST, ANALYTICS, ALERTS)))
+    # The reader is cross-tenant too (an operator's dashboards); its grants keep it from writing.
+    others = sql.SQL(", ").join(sql.Identifier(r) for r in (INGEST, ANALYTICS, ALERTS, READONLY) if r in roles)
     for table, rule in POLICIES.items():
         # A hypertable's chunks are tables of TimescaleDB's own schema: there the API meets readings only through
         # readings_hourly, and its queries name the tenant (the policy guards the native path).
