@@ -381,6 +381,9 @@ async def resolve_cleared(conn: psycopg.AsyncConnection[Any], settings: AlertsSe
     """Resolve live tickets whose condition has been watched for ``resolve_hold_s`` past their last evidence with
     no new evidence. Returns the tickets resolved."""
     hold = timedelta(seconds=settings.resolve_hold_s)
+    # The planner prices the per-ticket subqueries at millions over a fleet's 20,000 live tickets and compiles the
+    # statement with JIT: 0.25 s of compiling for 25 ms of work (wearline bench tickets). For this transaction only.
+    await conn.execute("SELECT set_config('jit', 'off', true)")
     cur = await conn.execute(
         f"""UPDATE tickets k SET status = 'resolved', resolved_at = %(now)s, updated_at = %(now)s
             FROM (SELECT ticket_id, status FROM tickets t

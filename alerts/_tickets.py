@@ -107,17 +107,19 @@ async def process_anomalies(
     """
     rules = rules or built_in(settings)
     opened = handled = 0
+    done: list[tuple[int, int | None]] = []
     async with conn.transaction():
         now = now or await _now(conn)
+        # The batch is claimed first, then joined to the machines' paths: joining the whole backlog before the
+        # limit sorted every unhandled anomaly (10,000 a pass in bench tickets: 0.17 s at 180,000 waiting).
         cur = await conn.execute(
-            f"""SELECT a.anomaly_id, a.machine_id, m.line_id, m.tenant_id, a.time, a.detector, a.score, a.threshold,
+            f"""WITH a AS (SELECT anomaly_id, machine_id, time, detector, score, threshold, sensors FROM anomalies
+                           WHERE handled_at IS NULL ORDER BY anomaly_id LIMIT %s FOR UPDATE SKIP LOCKED)
+                SELECT a.anomaly_id, a.machine_id, m.line_id, m.tenant_id, a.time, a.detector, a.score, a.threshold,
                        a.sensors, mt.name, t.name, s.name, l.name, m.name
-                FROM anomalies a
+                FROM a
                 {_MACHINE_PATH}
-                WHERE a.handled_at IS NULL
-                ORDER BY a.anomaly_id
-                LIMIT %s
-                FOR UPDATE OF a SKIP LOCKED""",
+                ORDER BY a.anomaly_id""",
             [limit],
         )
         for (
@@ -167,11 +169,15 @@ async def process_anomalies(
                 filed = await file_evidence(conn, ev, settings, now=now)
                 ticket_id = ticket_id or filed.ticket_id
                 opened += int(filed.action != "appended")
+            done.append((anomaly_id, ticket_id))
+        if done:
+            # One statement for the batch: a round trip per anomaly was most of a pass's time on anomalies.
             await conn.execute(
-                "UPDATE anomalies SET handled_at = %s, ticket_id = %s WHERE anomaly_id = %s",
-                [now, ticket_id, anomaly_id],
+                """UPDATE anomalies a SET handled_at = %s, ticket_id = u.t
+                   FROM unnest(%s::bigint[], %s::bigint[]) AS u(i, t) WHERE a.anomaly_id = u.i""",
+                [now, [d[0] for d in done], [d[1] for d in done]],
             )
-            handled += 1
+        handled = len(done)
     return opened, handled
 
 
@@ -216,14 +222,15 @@ async def process_rul(
     async with conn.transaction():
         now = now or await _now(conn)
         cur = await conn.execute(
-            f"""SELECT r.machine_id, m.line_id, m.tenant_id, r.time, r.model, r.model_version, r.rul_hours,
+            # Claimed first, then joined (as the anomalies above).
+            f"""WITH r AS (SELECT machine_id, time, model, model_version, rul_hours, lower_hours, upper_hours
+                           FROM rul_estimates WHERE handled_at IS NULL ORDER BY time LIMIT %s
+                           FOR UPDATE SKIP LOCKED)
+                SELECT r.machine_id, m.line_id, m.tenant_id, r.time, r.model, r.model_version, r.rul_hours,
                        r.lower_hours, r.upper_hours, mt.name, t.name, s.name, l.name, m.name
-                FROM rul_estimates r
+                FROM r
                 {_MACHINE_PATH}
-                WHERE r.handled_at IS NULL
-                ORDER BY r.time
-                LIMIT %s
-                FOR UPDATE OF r SKIP LOCKED""",
+                ORDER BY r.time""",
             [limit],
         )
         rows = await cur.fetchall()
