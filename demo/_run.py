@@ -72,7 +72,7 @@ async def run_demo(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(settings.database.schema_name))
         )
     await migrate(settings.database)
-    serve_metrics(settings.ingest.metrics_port, setting="ingest.metrics_port")
+    serve_metrics(settings.ingest.metrics_port, setting="ingest.metrics_port", host=settings.metrics_host)
     # One steady operating condition, so the only thing a detector can find is the injected bearing wear, which
     # runs to failure shortly after the published history ends.
     scenario = simulators.Scenario(
