@@ -51,6 +51,11 @@ _NODE = ""  # the device key of the edge node's own metrics
 _CONTROL_PREFIXES = ("Node Control/", "Device Control/", "Properties/")
 
 
+REBIRTH_CAUSES = ("before_birth", "unknown_alias", "unknown_metric", "seq_gap")
+"""Why a rebirth is requested: data before a birth (or after a death), an alias or a metric the birth did not
+declare, a sequence number still missing after ``ingest.sparkplug.reorder_timeout_s``."""
+
+
 class SparkplugMetrics:
     """The host application's Prometheus metrics (beside ingest's own, on the same registry)."""
 
@@ -83,6 +88,11 @@ class SparkplugMetrics:
             ["reason"],
             registry=registry,
         )
+        # Series that exist before their first event: a panel or rate() over them is 0, not empty, on a fresh start.
+        for cause in REBIRTH_CAUSES:
+            self.rebirths.labels(cause)
+        for reason in ("control", "transient", "bad_name", "non_finite"):
+            self.ignored.labels(reason)
         self.nodes = Gauge(
             "wearline_ingest_sparkplug_nodes",
             "Edge nodes this worker knows, by state (online: a birth in force).",
