@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,13 +39,11 @@ from psycopg import sql
 
 from wearline.command import settings_of
 from wearline.errors import WearlineError
-from wearline.mosquitto import local_broker_config
+from wearline.mosquitto import LocalBroker
 from wearline.settings import Settings
-from wearline.shipped import shipped
 
 __all__ = ["DEFAULT_RATE", "FAULTS", "SoakError", "SoakOptions", "SoakReport", "bench", "report_lines", "run_soak"]
 
-SHIPPED_CONF = shipped("mosquitto/wearline.conf")
 
 FAULTS = ("ingest-kill", "broker-restart", "broker-kill", "analytics-kill", "alerts-kill")
 """The rotation: kill -9 of ingest, broker SIGTERM and start, broker kill -9 and start, kill -9 of analytics, of
@@ -202,12 +199,6 @@ class SoakReport:
 
 
 # --- processes ------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss_mb(pid: int) -> float | None:
     """VmRSS of ``pid`` in MB, or None when it has gone."""
     try:
@@ -217,57 +208,6 @@ def _rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-class _Broker:
-    """Mosquitto with the shipped configuration on a free port; its persistence directory survives restarts."""
-
-    def __init__(self, work: Path) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).is_file():
-            raise SoakError("mosquitto is not installed (looked on PATH and at /usr/sbin/mosquitto)")
-        if not SHIPPED_CONF.is_file():
-            raise SoakError(f"the shipped Mosquitto configuration is not at {SHIPPED_CONF} (run from a checkout)")
-        self.binary = binary
-        self.port = _free_port()
-        # Mosquitto started as root drops to its own user, which must be able to reach and write its snapshot here;
-        # a broker that cannot save says so only in its log and keeps nothing across a restart.
-        os.chmod(work, 0o755)  # noqa: S103
-        self.data = work / "mosquitto"
-        self.data.mkdir()
-        os.chmod(self.data, 0o777)  # noqa: S103
-        shipped = SHIPPED_CONF.read_text()
-        self.autosave_interval = next(
-            (int(line.split()[1]) for line in shipped.splitlines() if line.startswith("autosave_interval ")), 0
-        )
-        # The shipped delivery settings behind a test-only anonymous listener on 127.0.0.1 (wearline/mosquitto.py).
-        self.conf = work / "mosquitto.conf"
-        self.conf.write_text(local_broker_config(shipped, port=self.port, persistence=self.data))
-        self.log = work / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=out)  # noqa: S603
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    tail = self.log.read_text(errors="replace")[-500:]
-                    raise SoakError(f"the soak's mosquitto did not start on port {self.port}: {tail}") from None
-                time.sleep(0.05)
-
-    def stop(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(120)
-        self.proc = None
-
-    def saved_ok(self) -> bool:
-        return "Error saving" not in self.log.read_text(errors="replace")
 
 
 class _Stage:
@@ -552,7 +492,7 @@ class _Run:
         self.schema = f"{settings.database.schema_name}_soak_{run_id}"[:63]
         self.prefix = f"{settings.topic_prefix}-soak-{run_id}"
         self.report = SoakReport(options=options, schema=self.schema)
-        self.broker = _Broker(work)
+        self.broker = LocalBroker(work)
         self.report.autosave_interval = self.broker.autosave_interval
         env = _stage_env(
             settings, port=self.broker.port, schema=self.schema, prefix=self.prefix, client_id=f"wlsoak-{run_id}"

@@ -16,7 +16,6 @@ import os
 import queue
 import random
 import resource
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -36,16 +35,14 @@ from psycopg import sql
 
 from wearline.db import connection_kwargs, migrate
 from wearline.errors import WearlineError
-from wearline.mosquitto import local_broker_config
+from wearline.mosquitto import LocalBroker
 from wearline.progress import Bar, progress
 from wearline.settings import Settings
-from wearline.shipped import shipped
 
 __all__ = ["BenchOptionError", "BenchResult", "run_bench"]
 
 log = logging.getLogger(__name__)
 
-SHIPPED_CONF = shipped("mosquitto/wearline.conf")
 _MAX_IN_FLIGHT = 2000  # publisher's own back-pressure: at most this many QoS 1 publishes unacknowledged
 _BATCH = 200  # publishes per socket write
 
@@ -85,42 +82,17 @@ class BenchResult:
 
 
 # --- broker ---------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def own_broker() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """Mosquitto with the shipped configuration on a free port, its persistence in a temporary directory."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not SHIPPED_CONF.is_file():
-        raise FileNotFoundError(f"the shipped Mosquitto configuration is not at {SHIPPED_CONF} (run from a checkout)")
     with tempfile.TemporaryDirectory(prefix="wearline-bench-mosquitto-") as work:
-        # Mosquitto started as root drops to the mosquitto user, which must be able to write here.
-        os.chmod(work, 0o777)  # noqa: S103
-        port = _free_port()
-        # The shipped delivery settings behind a test-only anonymous listener on 127.0.0.1 (wearline/mosquitto.py).
-        conf = Path(work) / "mosquitto.conf"
-        conf.write_text(local_broker_config(SHIPPED_CONF.read_text(), port=port, persistence=Path(work)))
-        proc = subprocess.Popen(  # noqa: S603 (our own broker binary and config)
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        broker = LocalBroker(Path(work))
+        broker.start()
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the benchmark's own mosquitto did not start") from None
-                    time.sleep(0.05)
-            yield port, proc
+            assert broker.proc is not None
+            yield broker.port, broker.proc
         finally:
-            proc.terminate()
-            proc.wait(10)
+            broker.stop()
 
 
 def _proc_cpu_s(pid: int) -> float:

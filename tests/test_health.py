@@ -21,11 +21,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import wearline
 from tests.conftest import TEST_DSN, TEST_MQTT, make_settings, unique
-from tests.ingest._fault_support import free_port
 from tests.ingest._support import TcpProxy
 from wearline.db import migrate
 from wearline.gauges import NewestTimestamp
 from wearline.health import Health, PassClock, serve_health
+from wearline.mosquitto import free_port
 
 
 def _get(port: int, path: str) -> tuple[int, str]:

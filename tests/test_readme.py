@@ -23,7 +23,7 @@ import pytest
 
 import simulators
 from tests.conftest import TEST_DSN, TEST_MQTT, drop_schema, unique
-from tests.ingest._fault_support import free_port
+from wearline.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WEARLINE = str(Path(sys.executable).with_name("wearline"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import psycopg
 import pytest
 
 from tests.conftest import TEST_DSN, unique
-from tests.ingest._fault_support import MOSQUITTO
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 FAULTS = ("ingest-kill", "broker-restart", "broker-kill", "analytics-kill", "alerts-kill")
 

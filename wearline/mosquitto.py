@@ -1,5 +1,6 @@
 """Mosquitto's file formats, written from Python: the shipped configuration turned into one for a broker of our own
-(tests, benchmarks, the soak), and password-file entries in ``mosquitto_passwd``'s PBKDF2-SHA512 format.
+(tests, benchmarks, the soak), password-file entries in ``mosquitto_passwd``'s PBKDF2-SHA512 format, and
+:class:`LocalBroker`, which runs such a broker.
 
 The shipped configuration (deploy/mosquitto/wearline.conf) refuses anonymous clients and reads its password file,
 ACL file and TLS certificates from /etc/mosquitto/wearline/. A broker started by a test or benchmark keeps every
@@ -13,11 +14,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LocalAuth", "LocalTls", "local_broker_config", "password_entry"]
+from wearline.errors import WearlineError
+from wearline.shipped import shipped
+
+__all__ = ["LocalAuth", "LocalBroker", "LocalTls", "free_port", "local_broker_config", "password_entry"]
 
 # Options that belong to the listener and authentication part of the shipped file: a rendered copy drops them all
 # and writes its own. Everything else (persistence, queues, in-flight window, packet size) is kept as shipped.
@@ -113,3 +123,74 @@ def password_entry(username: str, password: str, *, salt: bytes | None = None) -
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS)
     b64 = base64.b64encode
     return f"{username}:$7${_PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalBroker:
+    """Mosquitto with the shipped delivery settings on a free local port, its snapshot in a folder of its own under
+    ``work``, for the benchmarks, the soak and the tests: started, stopped with any signal (SIGTERM saves, SIGKILL
+    does not) and started again on the same port and data. Without ``auth``, the test-only anonymous listener.
+
+    Mosquitto started as root drops to its own user, which must reach and write its snapshot: ``work`` is made
+    traversable and the data folder writable; a broker that cannot save says so only in its log (:meth:`saved_ok`).
+    """
+
+    def __init__(self, work: Path, *, auth: LocalAuth | None = None, verbose: bool = False) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).is_file():
+            raise WearlineError("mosquitto is not installed (looked on PATH and at /usr/sbin/mosquitto)")
+        conf = shipped("mosquitto/wearline.conf")
+        if not conf.is_file():
+            raise WearlineError(f"the shipped Mosquitto configuration is not at {conf}")
+        text = conf.read_text()
+        self.autosave_interval = next(
+            (int(line.split()[1]) for line in text.splitlines() if line.startswith("autosave_interval ")), 0
+        )
+        os.chmod(work, 0o755)  # noqa: S103 (the broker's own user reads its configuration here)
+        self.data = work / "mosquitto-data"
+        self.data.mkdir(exist_ok=True)
+        os.chmod(self.data, 0o777)  # noqa: S103 (and writes its snapshot here)
+        self.port = free_port()
+        self.ports = [self.port] + ([auth.tls.port] if auth is not None and auth.tls is not None else [])
+        self.conf = work / "mosquitto.conf"
+        self.conf.write_text(local_broker_config(text, port=self.port, persistence=self.data, auth=auth))
+        self.log = work / "mosquitto.log"
+        self._argv = [binary, "-c", str(self.conf), *(["-v"] if verbose else [])]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        """Start the broker and return once every listener accepts connections."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self._argv, stdout=out, stderr=out)  # noqa: S603 (our binary and file)
+        deadline = time.monotonic() + timeout_s
+        for port in self.ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        tail = self.log.read_text(errors="replace")[-1000:]
+                        raise WearlineError(f"mosquitto did not start on port {port}: {tail}") from None
+                    time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 120.0) -> None:
+        """Send ``sig`` and wait for the broker to end (a clean stop writes the whole queue first)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout_s)
+        self.proc = None
+
+    def close(self) -> None:
+        """Kill the broker if it still runs (nothing is saved)."""
+        self.stop(signal.SIGKILL)
+
+    def saved_ok(self) -> bool:
+        """No failed save in the broker's log (a broker that cannot save keeps nothing across a restart)."""
+        return "Error saving" not in self.log.read_text(errors="replace")

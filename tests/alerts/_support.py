@@ -15,8 +15,8 @@ import httpx
 from typer.testing import CliRunner
 
 from tests.conftest import TEST_DSN
-from tests.ingest._fault_support import free_port
 from wearline.cli import app
+from wearline.mosquitto import free_port
 
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
 

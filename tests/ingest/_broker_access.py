@@ -8,7 +8,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -24,8 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.conftest import unique
-from tests.ingest._fault_support import MOSQUITTO, SHIPPED_CONF, free_port
-from wearline.mosquitto import LocalAuth, LocalTls, local_broker_config
+from wearline.mosquitto import LocalAuth, LocalBroker, LocalTls, free_port
 
 OPENSSL = shutil.which("openssl")
 _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -90,23 +88,19 @@ def _make_certs(folder: Path, clients: list[str], ca_name: str) -> Certs:
     return Certs(folder, folder / "ca.crt")
 
 
-class AuthBroker:
+class AuthBroker(LocalBroker):
     """Mosquitto with the shipped configuration, the password and ACL files in :attr:`folder` (written by the test
     through ``wearline gateways``), a plain listener on :attr:`port` and a TLS one on :attr:`tls_port`."""
 
     def __init__(self, certs: Certs, *, require_certificate: bool) -> None:
         # Not under pytest's 0700 tmp_path: Mosquitto started as root reads its files as the mosquitto user.
         self.folder = Path(tempfile.mkdtemp(prefix="wlt-access-mosquitto-"))
-        os.chmod(self.folder, 0o755)
-        data = self.folder / "data"
-        data.mkdir()
-        os.chmod(data, 0o777)
         self.password_file = self.folder / "passwd"
         self.acl_file = self.folder / "acl"
         for path in (self.password_file, self.acl_file):
             path.write_text("")
             os.chmod(path, 0o644)  # `gateways files` keeps an existing file's mode: the broker's user reads it
-        self.port, self.tls_port = free_port(), free_port()
+        self.tls_port = free_port()
         tls = LocalTls(
             port=self.tls_port,
             certfile=certs.cert("server"),
@@ -116,24 +110,7 @@ class AuthBroker:
             use_identity_as_username=require_certificate,
         )
         auth = LocalAuth(password_file=self.password_file, acl_file=self.acl_file, tls=tls)
-        self.conf = self.folder / "mosquitto.conf"
-        self.conf.write_text(local_broker_config(SHIPPED_CONF.read_text(), port=self.port, persistence=data, auth=auth))
-        self.log = self.folder / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf), "-v"], stdout=out, stderr=out)
-        deadline = time.monotonic() + 10
-        for port in (self.port, self.tls_port):
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or self.proc.poll() is not None:
-                        raise AssertionError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
-                    time.sleep(0.05)
+        super().__init__(self.folder, auth=auth, verbose=True)
 
     def reload(self) -> None:
         """SIGHUP: Mosquitto reads its password and ACL files again."""
@@ -146,9 +123,7 @@ class AuthBroker:
             time.sleep(0.05)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        super().close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

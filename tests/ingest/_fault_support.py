@@ -8,10 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,63 +23,23 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.conftest import TEST_DSN, unique
 from tests.ingest._support import Fleet, Key, ingest_env
-from wearline.mosquitto import local_broker_config
+from wearline.mosquitto import LocalBroker, free_port
 from wearline.settings import Settings
 
-SHIPPED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "wearline.conf"
-MOSQUITTO = "/usr/sbin/mosquitto"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """``mosquitto -c <shipped config>`` on a fixed free port and a persistence directory kept across restarts."""
+class Broker(LocalBroker):
+    """A :class:`~wearline.mosquitto.LocalBroker` in a temporary folder of its own, removed on :meth:`close`. Not
+    under pytest's tmp_path: the broker's own user cannot enter its 0700 folders and would silently fail every save."""
 
     def __init__(self) -> None:
-        # Not under pytest's tmp_path: mosquitto started as root drops to its own user, which cannot enter pytest's
-        # 0700 directories, and then silently fails every save ("Permission denied" in its log only).
-        work = Path(tempfile.mkdtemp(prefix="wlt-fault-mosquitto-"))
-        os.chmod(work, 0o777)
-        self.port = free_port()
-        self.work = work
-        # The shipped delivery settings behind the test-only anonymous listener: these tests are about delivery.
-        self.conf = work / "mosquitto.conf"
-        self.conf.write_text(local_broker_config(SHIPPED_CONF.read_text(), port=self.port, persistence=work))
-        self.log = work / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=out, stderr=out)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise AssertionError(f"mosquitto did not start: {self.log.read_text()[-2000:]}") from None
-                time.sleep(0.05)
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(30)
-        self.proc = None
+        self.work = Path(tempfile.mkdtemp(prefix="wlt-fault-mosquitto-"))
+        super().__init__(self.work)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.stop(signal.SIGKILL)
+        super().close()
         shutil.rmtree(self.work, ignore_errors=True)
-
-    def saved_ok(self) -> bool:
-        """No failed save in the broker's log (a broker that cannot save keeps nothing across a restart)."""
-        return "Error saving" not in self.log.read_text(errors="replace")
 
 
 @contextlib.contextmanager
@@ -266,32 +223,6 @@ def worker_env(settings: Settings, **ingest: object) -> dict[str, str]:
     for key, value in ingest.items():
         env[f"WEARLINE_INGEST__{key.upper()}"] = str(value)
     return env
-
-
-@contextlib.contextmanager
-def worker(
-    env: dict[str, str], log: Path, *, wait_for: bytes | None = b"subscription scheme", command: str = "ingest"
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m wearline <command>`` with ``env``, returned once ``wait_for`` appears in its log once more (at
-    once with None); terminated (SIGTERM) on the way out if still running."""
-    before = log.read_bytes().count(wait_for) if wait_for is not None and log.exists() else 0
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wearline", *command.split()], env=env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 30
-        while wait_for is not None and log.read_bytes().count(wait_for) == before:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{command} did not log {wait_for!r}: {log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def wait_until(check: object, timeout_s: float, what: str) -> None:

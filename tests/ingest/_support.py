@@ -15,7 +15,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import psycopg
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import TEST_DSN, unique
 from wearline.settings import Settings
@@ -146,28 +148,51 @@ def ingest_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ingest_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m wearline ingest`` in a process of its own, returned once it holds its subscription."""
-    before = log.read_bytes().count(b"subscribed to") if log.exists() else 0
+def worker(
+    env: dict[str, str], log: Path, *, wait_for: bytes | None = b"subscription scheme", command: str = "ingest"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m wearline <command>`` with ``env``, returned once ``wait_for`` appears in its log once more (at
+    once with None); terminated (SIGTERM) on the way out if still running."""
+    before = log.read_bytes().count(wait_for) if wait_for is not None and log.exists() else 0
     with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wearline", "ingest"], env=ingest_env(settings), stdout=out, stderr=out
-        )
+        proc = subprocess.Popen([sys.executable, "-m", "wearline", *command.split()], env=env, stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
-        while log.read_bytes().count(b"subscribed to") == before:
+        while wait_for is not None and log.read_bytes().count(wait_for) == before:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"ingest did not subscribe: {log.read_text()[-3000:]}")
+                raise AssertionError(f"{command} did not log {wait_for!r}: {log.read_text()[-3000:]}")
             time.sleep(0.05)
         yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(20)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def ingest_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m wearline ingest`` in a process of its own, returned once it holds its subscription."""
+    with worker(ingest_env(settings), log, wait_for=b"subscribed to") as proc:
+        yield proc
+
+
+def proxied_dsn(dsn: str, port: int) -> str:
+    """``dsn`` with its server reached through a local proxy on ``port``; user, password and database kept."""
+    info = {k: v for k, v in conninfo_to_dict(dsn).items() if k != "hostaddr"}
+    return make_conninfo("", **{**info, "host": "127.0.0.1", "port": str(port)})
+
+
+def dsn_server(dsn: str) -> tuple[str, int]:
+    """The TCP address of the server ``dsn`` names, which a proxy forwards to (the test skips if there is none)."""
+    info = conninfo_to_dict(dsn)
+    host = str(info.get("hostaddr") or info.get("host") or "")
+    if not host or host.startswith("/") or "," in host:
+        pytest.skip(f"WEARLINE_TEST_DSN reaches its server through {host or 'a Unix socket'}, not one TCP address")
+    return host, int(str(info.get("port") or 5432))
 
 
 class TcpProxy:

@@ -22,11 +22,11 @@ from ingest import add_gateway, list_gateways, revoke_gateway, write_broker_file
 from simulators import MachineGroup, Scenario, publish_fleet, run_load
 from tests.conftest import make_settings, unique
 from tests.ingest._broker_access import AuthBroker, Certs, auth_broker, certificates, client
-from tests.ingest._fault_support import SHIPPED_CONF
 from tests.ingest._support import connect_db
 from wearline.db import connect, migrate
 from wearline.mosquitto import password_entry
 from wearline.settings import Settings
+from wearline.shipped import shipped
 
 OBSERVER, OBSERVER_PASSWORD = "observer", "observer-password"
 
@@ -67,6 +67,22 @@ def _tls(certs: Certs, name: str | None, *, signed_by: Certs | None = None) -> s
         issuer = signed_by or certs
         context.load_cert_chain(str(issuer.cert(name)), str(issuer.key(name)))
     return context
+
+
+async def _over_tls(schema: str, prefix: str, broker: AuthBroker, certs: Certs, name: str) -> Settings:
+    """Migrated settings whose MQTT clients use the broker's TLS listener with client certificate ``name``."""
+    mqtt = {
+        "host": "127.0.0.1",
+        "port": broker.tls_port,
+        "tls": True,
+        "ca_file": str(certs.ca),
+        "cert_file": str(certs.cert(name)),
+        "key_file": str(certs.key(name)),
+        "client_id": unique("wlt-tls-"),
+    }
+    settings = make_settings(schema, prefix, "native", mqtt=mqtt)
+    await migrate(settings.database)
+    return settings
 
 
 def _refused(c: object) -> bool:
@@ -192,21 +208,7 @@ async def test_ingest_over_tls_with_client_certificates_end_to_end(schema: str) 
         certificates(["gw-a"], ca_name="someone-elses-ca") as other_ca,
         auth_broker(certs, require_certificate=True) as broker,
     ):
-        settings = make_settings(
-            schema,
-            prefix,
-            "native",
-            mqtt={
-                "host": "127.0.0.1",
-                "port": broker.tls_port,
-                "tls": True,
-                "ca_file": str(certs.ca),
-                "cert_file": str(certs.cert("ingest-svc")),
-                "key_file": str(certs.key("ingest-svc")),
-                "client_id": unique("wlt-ingest-"),
-            },
-        )
-        await migrate(settings.database)
+        settings = await _over_tls(schema, prefix, broker, certs, "ingest-svc")
         await _registry(
             settings,
             broker,
@@ -280,7 +282,9 @@ def test_the_shipped_configuration_admits_no_anonymous_client() -> None:
     options = [
         (key, value.strip())
         for key, value in (
-            line.split(None, 1) for line in SHIPPED_CONF.read_text().splitlines() if line.strip() and line[0] != "#"
+            line.split(None, 1)
+            for line in shipped("mosquitto/wearline.conf").read_text().splitlines()
+            if line.strip() and line[0] != "#"
         )
     ]
     values: dict[str, list[str]] = {}
@@ -300,20 +304,7 @@ async def test_the_simulators_publish_over_tls_with_a_client_certificate(schema:
     """Both publishers (the live fleet on aiomqtt, the load generator on paho) used to ignore mqtt.tls."""
     prefix = unique("wlt/")
     with certificates(["sim-gw"]) as certs, auth_broker(certs, require_certificate=True) as broker:
-        settings = make_settings(
-            schema,
-            prefix,
-            "native",
-            mqtt={
-                "host": "127.0.0.1",
-                "port": broker.tls_port,
-                "tls": True,
-                "ca_file": str(certs.ca),
-                "cert_file": str(certs.cert("sim-gw")),
-                "key_file": str(certs.key("sim-gw")),
-            },
-        )
-        await migrate(settings.database)
+        settings = await _over_tls(schema, prefix, broker, certs, "sim-gw")
         await _registry(settings, broker, {"name": "sim-gw", "tenant": "acme", "site": "plant1", "password": False})
         broker.reload()
         scenario = Scenario(groups=(MachineGroup("centrifugal_pump", 3),))

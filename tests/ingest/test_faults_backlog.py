@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings, unique
-from tests.ingest._fault_support import Publisher, broker, ingested_messages, keyed, tally, worker, worker_env
-from tests.ingest._support import Fleet, count_rows, wait_for_rows
+from tests.ingest._fault_support import Publisher, broker, ingested_messages, keyed, tally, worker_env
+from tests.ingest._support import Fleet, count_rows, wait_for_rows, worker
 from wearline.db import migrate
 
 RECEIVE_MAXIMUM = 4000  # ingest.receive_maximum's default: the window the backlog must exceed tenfold

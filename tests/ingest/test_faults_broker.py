@@ -17,8 +17,8 @@ import pytest
 
 from ingest._mqtt import BrokerError, Subscriber
 from tests.conftest import make_settings, unique
-from tests.ingest._fault_support import Publisher, broker, keyed, settled_rows, tally, wait_until, worker, worker_env
-from tests.ingest._support import Fleet, count_rows
+from tests.ingest._fault_support import Publisher, broker, keyed, settled_rows, tally, wait_until, worker_env
+from tests.ingest._support import Fleet, count_rows, worker
 from wearline.db import migrate
 
 AUTOSAVE_CHANGES = 1000  # deploy/mosquitto/wearline.conf: autosave_on_changes true, autosave_interval 1000

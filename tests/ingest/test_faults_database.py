@@ -13,23 +13,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import TEST_DSN, make_settings, unique
 from tests.ingest._fault_support import (
     Publisher,
     broker,
     count_rows_at,
-    free_port,
     keyed,
     pg_cluster,
     tally,
     wait_until,
-    worker,
     worker_env,
 )
-from tests.ingest._support import Fleet, TcpProxy
+from tests.ingest._support import Fleet, TcpProxy, dsn_server, proxied_dsn, worker
 from wearline.db import migrate
+from wearline.mosquitto import free_port
 
 DOWN_S = 4.0
 OUTAGE_S = 30.0
@@ -101,20 +99,6 @@ def test_postgresql_restart_mid_stream_commits_every_acknowledged_message_once(s
         )
 
 
-def _proxied(dsn: str, port: int) -> str:
-    """``dsn`` with its server reached through a local proxy on ``port``; user, password and database kept."""
-    info = {k: v for k, v in conninfo_to_dict(dsn).items() if k != "hostaddr"}
-    return make_conninfo("", **{**info, "host": "127.0.0.1", "port": str(port)})
-
-
-def _server(dsn: str) -> tuple[str, int]:
-    info = conninfo_to_dict(dsn)
-    host = str(info.get("hostaddr") or info.get("host") or "")
-    if not host or host.startswith("/") or "," in host:
-        pytest.skip(f"WEARLINE_TEST_DSN reaches its server through {host or 'a Unix socket'}, not one TCP address")
-    return host, int(str(info.get("port") or 5432))
-
-
 @contextmanager
 def _proxy_thread(host: str, port: int) -> Iterator[tuple[TcpProxy, asyncio.AbstractEventLoop]]:
     """A :class:`TcpProxy` served by an event loop of its own thread (ingest runs in another process)."""
@@ -135,7 +119,7 @@ def _proxy_thread(host: str, port: int) -> Iterator[tuple[TcpProxy, asyncio.Abst
 @pytest.mark.faults
 @pytest.mark.timeout(180)
 def test_a_30_s_database_outage_holds_the_window_and_commits_everything_once(schema: str, tmp_path: Path) -> None:
-    with broker() as mosquitto, _proxy_thread(*_server(TEST_DSN)) as (proxy, loop):
+    with broker() as mosquitto, _proxy_thread(*dsn_server(TEST_DSN)) as (proxy, loop):
         direct = make_settings(
             schema,
             unique("wlt/"),
@@ -146,7 +130,7 @@ def test_a_30_s_database_outage_holds_the_window_and_commits_everything_once(sch
         settings = direct.model_copy(
             update={
                 "database": direct.database.model_copy(
-                    update={"dsn": _proxied(TEST_DSN, proxy.port), "connect_timeout_s": 1.0}
+                    update={"dsn": proxied_dsn(TEST_DSN, proxy.port), "connect_timeout_s": 1.0}
                 )
             }
         )

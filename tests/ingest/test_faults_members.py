@@ -14,19 +14,10 @@ import pytest
 import ingest
 from ingest._scheme import owner_of
 from tests.conftest import make_settings, unique
-from tests.ingest._fault_support import (
-    Publisher,
-    broker,
-    free_port,
-    keyed,
-    settled_rows,
-    tally,
-    wait_until,
-    worker,
-    worker_env,
-)
-from tests.ingest._support import Fleet, stored_rows, wait_for_rows
+from tests.ingest._fault_support import Publisher, broker, keyed, settled_rows, tally, wait_until, worker_env
+from tests.ingest._support import Fleet, stored_rows, wait_for_rows, worker
 from wearline.db import migrate
+from wearline.mosquitto import free_port
 from wearline.settings import Settings
 from wearline.topics import telemetry_topic
 

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from tests.conftest import TEST_DSN, make_settings, unique
-from tests.ingest._fault_support import wait_until, worker
+from tests.ingest._fault_support import wait_until
+from tests.ingest._support import worker
 from wearline.db import migrate
 from wearline.settings import Settings
 

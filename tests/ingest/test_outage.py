@@ -5,38 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from prometheus_client import CollectorRegistry
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import ingest
 from tests.conftest import TEST_DSN, make_settings, unique
-from tests.ingest._support import Fleet, TcpProxy, count_rows, publish, stored_rows
+from tests.ingest._support import Fleet, TcpProxy, count_rows, dsn_server, proxied_dsn, publish, stored_rows
 from wearline.db import migrate
 
 OUTAGE_S = 11.0
-
-
-def _proxied(dsn: str, port: int) -> str:
-    """``dsn`` with its server reached through a local proxy on ``port``; user, password and database kept."""
-    info = {k: v for k, v in conninfo_to_dict(dsn).items() if k != "hostaddr"}
-    return make_conninfo("", **{**info, "host": "127.0.0.1", "port": str(port)})
-
-
-def _server(dsn: str) -> tuple[str, int]:
-    """The TCP address of the test server, which the proxy forwards to."""
-    info = conninfo_to_dict(dsn)
-    host = str(info.get("hostaddr") or info.get("host") or "")
-    if not host or host.startswith("/") or "," in host:
-        pytest.skip(f"WEARLINE_TEST_DSN reaches its server through {host or 'a Unix socket'}, not one TCP address")
-    return host, int(str(info.get("port") or 5432))
 
 
 async def test_database_outage_holds_back_then_commits_everything_once(
     schema: str, shipped_broker: tuple[str, int]
 ) -> None:
     host, port = shipped_broker
-    proxy = TcpProxy(*_server(TEST_DSN))
+    proxy = TcpProxy(*dsn_server(TEST_DSN))
     await proxy.start()
     direct = make_settings(schema, unique("wlt/"), "native", mqtt={"host": host, "port": port})
     await migrate(direct.database)
@@ -45,7 +28,7 @@ async def test_database_outage_holds_back_then_commits_everything_once(
         direct.topic_prefix,
         "native",
         mqtt={"host": host, "port": port},
-        database={"dsn": _proxied(TEST_DSN, proxy.port), "connect_timeout_s": 1.0},
+        database={"dsn": proxied_dsn(TEST_DSN, proxy.port), "connect_timeout_s": 1.0},
         ingest={"batch_max_messages": 100, "receive_maximum": 500},
     )
     fleet = Fleet(settings.topic_prefix, machines=10, samples=300, start_ms=int(time.time() * 1000) - 600_000)
