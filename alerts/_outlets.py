@@ -4,18 +4,26 @@ both drained from their outboxes each pass."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import psycopg
 
-from alerts._cmms import file_work_requests
+from alerts._cmms import Filing, file_work_requests
 from alerts._ticket_mqtt import TicketPublisher
 from wearline.settings import Settings
 
-__all__ = ["Outlets"]
+__all__ = ["Drained", "Outlets"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Drained:
+    published: int = 0
+    publish_failed: int = 0
+    filings: list[Filing] = field(default_factory=list)
 
 
 class Outlets:
@@ -26,8 +34,9 @@ class Outlets:
         self.publisher = TicketPublisher(settings.mqtt, settings.topic_prefix, retry_s=mqtt_retry_s)
         self._client = httpx.AsyncClient(follow_redirects=False)
 
-    async def drain(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        """Publish pending ticket events and file due work requests; returns how many went out."""
+    async def drain(self, conn: psycopg.AsyncConnection[Any]) -> Drained:
+        """Publish pending ticket events and file due work requests; returns what happened, for the metrics."""
+        failed = self.publisher.failed
         published = await self.publisher.drain(conn)
         filings = await file_work_requests(conn, self._client, self._settings.alerts)
         for f in filings:
@@ -37,7 +46,7 @@ class Outlets:
                 log.warning("CMMS %s: filing failed, will retry: %s", f.adapter, f.detail)
             else:
                 log.error("CMMS %s: gave up on request row %d: %s", f.adapter, f.request_id, f.detail)
-        return published + sum(f.status == "filed" for f in filings)
+        return Drained(published, self.publisher.failed - failed, filings)
 
     async def aclose(self) -> None:
         await self.publisher.aclose()

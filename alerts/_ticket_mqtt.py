@@ -70,6 +70,8 @@ class TicketPublisher:
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: aiomqtt.Client | None = None
         self.published = 0
+        self.failed = 0
+        """Publications the broker did not take (the event waits for the next drain after the backoff)."""
 
     async def _connected(self) -> aiomqtt.Client:
         if self._client is not None:
@@ -138,6 +140,7 @@ class TicketPublisher:
                 failed = None
             except aiomqtt.MqttError as exc:
                 await self._disconnect()
+                self.failed += 1
                 self._failures += 1
                 delay = min(self._retry_s * 2 ** (self._failures - 1), self._max_retry_s)
                 self._retry_at = time.monotonic() + delay

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from psycopg_pool import AsyncConnectionPool
 
 from alerts._lifecycle import LIVE_STATUSES, escalate_unacknowledged, resolve_cleared
-from alerts._outlets import Outlets
+from alerts._outlets import Drained, Outlets
+from alerts._retention import delete_delivered
 from alerts._rules import RuleBook, RuleSet, load_rules
 from alerts._tickets import _now, process_anomalies, process_rul
 from alerts._watch import watch_dead_letters, watch_readings
@@ -26,6 +29,10 @@ from wearline.settings import AlertsSettings, Settings
 __all__ = ["AlertsSummary", "alerts_pass", "lifecycle_durations", "run_alerts"]
 
 log = logging.getLogger(__name__)
+
+_RETENTION_EVERY_S = 3600.0
+_OUTCOMES = ("delivered", "retry", "failed")  # a webhook delivery's
+_FILINGS = ("filed", "retry", "failed")  # a CMMS work request's
 
 
 @dataclass
@@ -106,6 +113,54 @@ class _Metrics:
             "Webhook deliveries not yet made (due or waiting to retry).",
             registry=registry,
         )
+        self.mqtt = Counter(
+            "wearline_alerts_mqtt_publications_total",
+            "Ticket events published on MQTT by outcome (published: the broker acknowledged it; failed: the broker "
+            "did not take it, tried again after a backoff).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("published", "failed"):
+            self.mqtt.labels(outcome)
+        self.mqtt_outbox = Gauge(
+            "wearline_alerts_mqtt_outbox_pending", "Ticket events not yet published on MQTT.", registry=registry
+        )
+        self.cmms = Counter(
+            "wearline_alerts_cmms_filings_total",
+            "CMMS work request filing attempts by adapter and outcome (filed, retry, failed).",
+            ["adapter", "outcome"],
+            registry=registry,
+        )
+        self.cmms_outbox = Gauge(
+            "wearline_alerts_cmms_outbox_pending",
+            "CMMS work requests not yet filed (due or waiting to retry).",
+            registry=registry,
+        )
+        self.deleted = Counter(
+            "wearline_alerts_outbox_deleted_total",
+            "Delivered outbox rows deleted after alerts.outbox_retention_days, by outbox (webhooks, mqtt).",
+            ["outbox"],
+            registry=registry,
+        )
+        for outbox in ("webhooks", "mqtt"):
+            self.deleted.labels(outbox)
+
+    def targets(self, webhooks: list[str], adapters: list[str]) -> None:
+        """Every outcome of every live webhook and CMMS reads 0, not absent, before its first delivery."""
+        for name in webhooks:
+            for outcome in _OUTCOMES:
+                self.deliveries.labels(name, outcome)
+        for name in adapters:
+            for outcome in _FILINGS:
+                self.cmms.labels(name, outcome)
+
+
+# How much each outbox still owes, and the targets whose metrics should exist before their first delivery.
+_DEPTHS = """SELECT (SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL),
+                    (SELECT count(*) FROM mqtt_outbox WHERE published_at IS NULL),
+                    (SELECT count(*) FROM cmms_requests WHERE filed_at IS NULL AND failed_at IS NULL),
+                    ARRAY(SELECT DISTINCT name FROM webhooks WHERE removed_at IS NULL),
+                    ARRAY(SELECT DISTINCT name FROM cmms_adapters WHERE removed_at IS NULL)"""
 
 
 async def alerts_pass(
@@ -166,6 +221,27 @@ async def lifecycle_durations(
     return (rows[-1][0] if rows else after), [(r[1], max(r[2], 0.0)) for r in rows]
 
 
+async def _retention(pool: AsyncConnectionPool, settings: AlertsSettings, metrics: _Metrics) -> float:
+    """Delete what the outboxes delivered past ``outbox_retention_days``; returns when to run again (a failure is
+    logged and tried again in a minute: the outboxes only grow meanwhile)."""
+    try:
+        async with pool.connection() as conn:
+            purged = await delete_delivered(conn, settings.outbox_retention_days)
+    except psycopg.Error as exc:
+        log.warning("outbox retention failed, retrying in 60 s: %s", exc)
+        return time.monotonic() + 60
+    metrics.deleted.labels("webhooks").inc(purged.webhooks)
+    metrics.deleted.labels("mqtt").inc(purged.mqtt)
+    if purged.webhooks or purged.mqtt:
+        log.info(
+            "outbox retention: deleted %d webhook deliveries and %d published ticket events older than %g days",
+            purged.webhooks,
+            purged.mqtt,
+            settings.outbox_retention_days,
+        )
+    return time.monotonic() + _RETENTION_EVERY_S
+
+
 async def run_alerts(
     settings: Settings,
     stop: asyncio.Event,
@@ -186,22 +262,23 @@ async def run_alerts(
     outlets = Outlets(settings)  # ticket events on MQTT, CMMS work requests
     reloads = (0, 0)
     seen_event: int | None = None  # durations count from this process's start: a restart does not count twice
+    retention_due = time.monotonic()
     try:
         while not stop.is_set():
+            if time.monotonic() >= retention_due:
+                retention_due = await _retention(pool, settings.alerts, metrics)
             try:
                 async with pool.connection() as conn:
                     rules = book.refresh()
                     done = await alerts_pass(conn, settings.alerts, rules=rules, topic_prefix=settings.topic_prefix)
                     deliveries = await deliver_due(conn, client, settings.alerts)
-                    await outlets.drain(conn)
+                    drained = await outlets.drain(conn)
                     cur = await conn.execute(
                         "SELECT priority, count(*) FROM tickets WHERE status = ANY(%s) GROUP BY priority",
                         [list(LIVE_STATUSES)],
                     )
                     live: dict[int, int] | None = dict(await cur.fetchall())
-                    cur = await conn.execute(
-                        "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
-                    )
+                    cur = await conn.execute(_DEPTHS)
                     pending = await cur.fetchone()
                     seen_event, durations = await lifecycle_durations(conn, seen_event)
                     for kind, seconds in durations:
@@ -211,15 +288,22 @@ async def run_alerts(
             except psycopg.OperationalError as exc:
                 health.set("database", False, str(exc))
                 log.warning("database unavailable, retrying: %s", exc)
-                done, live, deliveries, pending = AlertsSummary(), None, [], None
+                done, live, deliveries, pending, drained = AlertsSummary(), None, [], None, Drained()
             for d in deliveries:
                 metrics.deliveries.labels(d.webhook, d.status).inc()
                 if d.status == "failed":
                     log.error("webhook %s: gave up on outbox row %d: %s", d.webhook, d.outbox_id, d.detail)
                 elif d.status == "retry":
                     log.warning("webhook %s: delivery failed, will retry: %s", d.webhook, d.detail)
+            metrics.mqtt.labels("published").inc(drained.published)
+            metrics.mqtt.labels("failed").inc(drained.publish_failed)
+            for f in drained.filings:
+                metrics.cmms.labels(f.adapter, f.status).inc()
             if pending is not None:
                 metrics.outbox.set(pending[0])
+                metrics.mqtt_outbox.set(pending[1])
+                metrics.cmms_outbox.set(pending[2])
+                metrics.targets(pending[3], pending[4])
             if done.tickets_opened:
                 log.info("opened %d ticket(s)", done.tickets_opened)
             metrics.opened.inc(done.tickets_opened)

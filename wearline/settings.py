@@ -304,6 +304,9 @@ class AlertsSettings(_Section):
     webhook_max_attempts: Annotated[int, Field(ge=1, le=100)] = 16
     """Attempts per event and webhook (backoff doubling from 2 s, capped at 1 h: 16 is about 10 h) before it is
     marked failed and kept."""
+    outbox_retention_days: Annotated[float, Field(ge=0)] = 7.0
+    """Webhook deliveries made and ticket events published on MQTT are deleted from their outboxes this long after;
+    0 keeps them for ever. Pending and failed deliveries are kept."""
 
 
 class ApiSettings(_Section):
