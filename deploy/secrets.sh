@@ -53,7 +53,7 @@ EOF
 # The broker's TLS listener (8883): a CA of this installation and a server certificate for the names gateways use.
 # Gateways trust ca.crt; put your own PKI's files here instead if you have one.
 if [ ! -e "$dir/tls/server.crt" ]; then
-  names=${WEARLINE_BROKER_NAMES:-DNS:mosquitto,DNS:localhost,IP:127.0.0.1}
+  names=${BROKER_NAMES:-DNS:mosquitto,DNS:localhost,IP:127.0.0.1}
   openssl req -x509 -newkey rsa:3072 -nodes -days 3650 -subj "/CN=Wearline broker CA" \
     -keyout "$dir/tls/ca.key" -out "$dir/tls/ca.crt" 2>/dev/null
   openssl req -newkey rsa:3072 -nodes -subj "/CN=mosquitto" \
