@@ -7,6 +7,7 @@ database schema and MQTT topic prefix, dropped or abandoned when it ends.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -75,19 +76,67 @@ def make_settings(schema: str, prefix: str, storage: str = "auto", **overrides: 
     return load_settings(None, needs=None, **base)
 
 
-def drop_schema(schema: str) -> None:
+# A schema's TimescaleDB jobs, how their runs went, and whether one is running or due: the scheduler runs a new
+# policy at once (the rollup's refresh right after the migration), so a test that ends soon after must wait for it.
+_JOB_STATE = """
+SELECT j.job_id, j.proc_name, coalesce(s.total_runs, 0), coalesce(s.total_failures, 0), s.last_run_status,
+       j.scheduled AND (s.job_status = 'Running' OR coalesce(s.next_start, '-infinity') <= now()) AS pending
+FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+WHERE j.hypertable_schema = %s
+ORDER BY j.job_id
+"""
+
+JOBS_WAIT_S = 60.0
+
+
+def timescaledb_job_failures(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> list[str]:
+    """Every failed run of the schema's TimescaleDB background jobs, as the scheduler recorded it (job_stats and
+    job_errors), once no job is running or due (waiting at most ``JOBS_WAIT_S``); empty when all went well."""
+    deadline = time.monotonic() + JOBS_WAIT_S
+    while True:
+        jobs = conn.execute(_JOB_STATE, [schema]).fetchall()
+        pending = [f"{job} {proc}" for job, proc, _, _, _, due in jobs if due]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            return [f"still running or due after {JOBS_WAIT_S:.0f} s: {', '.join(pending)}"]
+        time.sleep(0.2)
+    failures = [
+        f"job {job} {proc}: {failed} of {runs} run(s) failed (last {status})"
+        for job, proc, runs, failed, status, _ in jobs
+        if failed or status == "Failed"
+    ]
+    if jobs:
+        errors = conn.execute(
+            "SELECT job_id, proc_name, err_message FROM timescaledb_information.job_errors "
+            "WHERE job_id = ANY(%s) ORDER BY start_time",
+            [[job for job, *_ in jobs]],
+        ).fetchall()
+        failures += [f"job {job} {proc}: {message}" for job, proc, message in errors]
+    return failures
+
+
+def drop_schema(schema: str, *, jobs_must_succeed: bool = True) -> None:
+    """Drop a test's schema. Where TimescaleDB runs its policies, first check that none of their background runs
+    failed: a test passing while the jobs behind it fail proves little (the scheduler, not ``run_job``, is what
+    production relies on)."""
+    failures: list[str] = []
     with psycopg.connect(TEST_DSN, autocommit=True) as conn:
         # A DROP that removes several TimescaleDB jobs while one runs can fail ("tuple concurrently deleted", or a
         # deadlock; timescale/timescaledb#8636), and a new schema's policies run right after its migration:
         # delete the jobs one at a time first.
         jobs_view = conn.execute("SELECT to_regclass('timescaledb_information.jobs')").fetchone()
         if jobs_view is not None and jobs_view[0] is not None:
+            if jobs_must_succeed:
+                failures = timescaledb_job_failures(conn, schema)
             jobs = conn.execute(
                 "SELECT job_id FROM timescaledb_information.jobs WHERE hypertable_schema = %s", [schema]
             ).fetchall()
             for (job,) in jobs:
                 conn.execute("SELECT delete_job(%s)", [job])
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    assert not failures, f"TimescaleDB background jobs of schema {schema} failed: " + "; ".join(failures)
 
 
 @pytest.fixture(params=["native", pytest.param("timescaledb", marks=pytest.mark.timescaledb)])
