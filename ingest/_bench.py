@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -378,10 +378,42 @@ def _publisher(
     ]
     n_pool = len(pool)
     spm = samples_per_message
+    k = 0
+
+    def message(i: int, base: int, now_ms: int) -> tuple[bytes, bytes]:
+        nonlocal k
+        if spm == 1:
+            payload = b'{"v":1,"samples":[{"ts":%d,"values":%s}]}' % (base, pool[k])
+            k = k + 1 if k + 1 < n_pool else 0
+        else:
+            samples = []
+            for s in range(spm):
+                samples.append(b'{"ts":%d,"values":%s}' % (base + s, pool[k]))
+                k = k + 1 if k + 1 < n_pool else 0
+            payload = b'{"v":1,"samples":[' + b",".join(samples) + b"]}"
+        return topic_fields[i], payload
+
     go.wait()
+    publish_paced(client, out, message, last=last, spm=spm, duration_s=duration_s, rate=rate)
+
+
+def publish_paced(
+    client: _RawPublisher,
+    out: Any,
+    message: Callable[[int, int, int], tuple[bytes, bytes]],
+    *,
+    last: list[int],
+    spm: int,
+    duration_s: float,
+    rate: float,
+) -> None:
+    """The measured part of a publisher child: machine after machine, ``rate`` messages/s (0: as fast as the broker
+    acknowledges) for ``duration_s``; ``message(i, first_ts, now_ms)`` renders machine ``i``'s message of ``spm``
+    samples from ``first_ts`` on (after its last one, and never ahead of the clock). Reports to ``out`` when the
+    broker has acknowledged everything."""
+    machines = len(last)
     started = time.monotonic()
     sent = 0
-    k = 0
     while (elapsed := time.monotonic() - started) < duration_s:
         n = min(_BATCH, client.room())
         if rate:
@@ -395,16 +427,7 @@ def _publisher(
             i = sent % machines
             base = max(now_ms - spm + 1, last[i] + 1)
             last[i] = base + spm - 1
-            if spm == 1:
-                payload = b'{"v":1,"samples":[{"ts":%d,"values":%s}]}' % (base, pool[k])
-                k = k + 1 if k + 1 < n_pool else 0
-            else:
-                samples = []
-                for s in range(spm):
-                    samples.append(b'{"ts":%d,"values":%s}' % (base + s, pool[k]))
-                    k = k + 1 if k + 1 < n_pool else 0
-                payload = b'{"v":1,"samples":[' + b",".join(samples) + b"]}"
-            batch.append((topic_fields[i], payload))
+            batch.append(message(i, base, now_ms))
             sent += 1
         client.send(batch)
     publish_s = time.monotonic() - started

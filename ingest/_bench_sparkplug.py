@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import asdict
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
@@ -60,7 +59,7 @@ def sparkplug_publisher(
     out: Any,
 ) -> None:
     """The JSON publisher's twin (same arguments, same reports), speaking Sparkplug B."""
-    from ingest._bench import _BATCH, _MAX_IN_FLIGHT, _own_use, _RawPublisher  # noqa: PLC0415 (a spawned child)
+    from ingest._bench import _BATCH, _MAX_IN_FLIGHT, _RawPublisher, publish_paced  # noqa: PLC0415 (a spawned child)
 
     client = _RawPublisher(port, f"wlbench-spb-{uuid.uuid4().hex[:8]}", _MAX_IN_FLIGHT)
     edges = (machines + _PER_EDGE - 1) // _PER_EDGE
@@ -99,37 +98,21 @@ def sparkplug_publisher(
     spm = samples_per_message
     # One protobuf message reused: building payloads is the publisher's cost, and it must not hide ingest's.
     msg = pb.Payload()
-    go.wait()
-    started = time.monotonic()
-    sent = 0
     k = 0
-    while (elapsed := time.monotonic() - started) < duration_s:
-        n = min(_BATCH, client.room())
-        if rate:
-            n = min(n, int(rate * elapsed) + 1 - sent)
-            if n <= 0:
-                time.sleep(min(0.01, (sent + 1) / rate - elapsed))
-                continue
-        now_ms = int(time.time() * 1000)
-        batch = []
-        for _ in range(n):
-            i = sent % machines
-            base = max(now_ms - spm + 1, last[i] + 1)
-            last[i] = base + spm - 1
-            msg.Clear()
-            msg.timestamp = now_ms
-            msg.seq = next_seq(i // _PER_EDGE)
-            for s in range(spm):
-                for j in range(sensors):
-                    m = msg.metrics.add()
-                    m.alias = alias(i, j)
-                    m.timestamp = base + s
-                    m.double_value = pool[k]
-                    k = k + 1 if k + 1 < n_pool else 0
-            batch.append((data_topics[i], msg.SerializeToString()))
-            sent += 1
-        client.send(batch)
-    publish_s = time.monotonic() - started
-    client.drain()
-    client.close()
-    out.put(("publisher", sent, publish_s, asdict(_own_use())))
+
+    def message(i: int, base: int, now_ms: int) -> tuple[bytes, bytes]:
+        nonlocal k
+        msg.Clear()
+        msg.timestamp = now_ms
+        msg.seq = next_seq(i // _PER_EDGE)
+        for s in range(spm):
+            for j in range(sensors):
+                m = msg.metrics.add()
+                m.alias = alias(i, j)
+                m.timestamp = base + s
+                m.double_value = pool[k]
+                k = k + 1 if k + 1 < n_pool else 0
+        return data_topics[i], msg.SerializeToString()
+
+    go.wait()
+    publish_paced(client, out, message, last=last, spm=spm, duration_s=duration_s, rate=rate)
