@@ -115,6 +115,47 @@ class IngestMetrics:
             "measured against it.",
             registry=registry,
         )
+        # Housekeeping's (ingest/_housekeeping.py). Every label value is set up front: a counter that appears only
+        # with its first error leaves a panel empty and a rate() rule blind until then.
+        self.housekeeping = Counter(
+            "wearline_ingest_housekeeping_runs_total",
+            "Housekeeping chores run, by chore and outcome (ok, error).",
+            ["chore", "outcome"],
+            registry=registry,
+        )
+        for chore in ("dead-letter retention", "readings partitions and retention", "TimescaleDB job statistics"):
+            for outcome in ("ok", "error"):
+                self.housekeeping.labels(chore, outcome)
+        self.partitions_dropped = Counter(
+            "wearline_storage_partitions_dropped_total",
+            "Readings partitions dropped by retention (native storage).",
+            registry=registry,
+        )
+        self.retention_days = Gauge(
+            "wearline_storage_retention_days",
+            "Retention in force, in days, by table (readings, dead_letters); 0 keeps everything.",
+            ["table"],
+            registry=registry,
+        )
+        self.job_failed = Gauge(
+            "wearline_storage_job_last_run_failed",
+            "1 when the last run of a TimescaleDB policy job of this schema failed, by kind (retention, compression, "
+            "refresh).",
+            ["kind"],
+            registry=registry,
+        )
+        self.job_failures = Gauge(
+            "wearline_storage_job_failures",
+            "Failed runs of a TimescaleDB policy job of this schema since the job was created (TimescaleDB's count).",
+            ["kind"],
+            registry=registry,
+        )
+        self.job_success = Gauge(
+            "wearline_storage_job_last_success_timestamp_seconds",
+            "When a TimescaleDB policy job of this schema last finished successfully, by kind.",
+            ["kind"],
+            registry=registry,
+        )
         self.machine_cache = Gauge(
             "wearline_ingest_machine_cache_machines",
             "Machines held in this worker's registry cache (bounded by ingest.machine_cache_size).",

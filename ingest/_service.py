@@ -14,7 +14,7 @@ import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from ingest._housekeeping import Housekeeping
+from ingest._housekeeping import Housekeeping, StorageUpkeep
 from ingest._membership import Heartbeat
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError, Message, Subscriber, probe_broker_version
@@ -186,7 +186,12 @@ async def run_ingest(
         sessions = await _sparkplug_host(settings, scheme, registry, stack)
         writer = BatchWriter(pool, settings, mode, metrics, sparkplug=sessions)
         beat = await stack.enter_async_context(Heartbeat(pool, scheme, ing.heartbeat_s, metrics))
-        await stack.enter_async_context(Housekeeping(pool, writer.surge, retention_days=ing.dead_letter_retention_days))
+        upkeep = StorageUpkeep(mode, settings.database.partition_days_ahead, settings.database.retention_days)
+        await stack.enter_async_context(
+            Housekeeping(
+                pool, writer.surge, retention_days=ing.dead_letter_retention_days, storage=upkeep, metrics=metrics
+            )
+        )
         backoff = 0.5
         connected_before = False
         leaving = session_ended = False

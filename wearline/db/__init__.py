@@ -11,7 +11,7 @@ from wearline.db._migrate import (
     require_migrated,
     storage_mode,
 )
-from wearline.db._partitions import ensure_partitions, maintain_storage
+from wearline.db._partitions import Maintained, StorageJob, ensure_partitions, maintain_storage, storage_jobs
 from wearline.db._roles import GRANTS, ROLES, apply_roles
 from wearline.db._storage import StorageError, choose_storage, probe_timescaledb
 from wearline.db._wait import wait_for_database
@@ -20,8 +20,10 @@ __all__ = [
     "GRANTS",
     "ROLES",
     "DatabaseUnavailable",
+    "Maintained",
     "NotMigrated",
     "StorageError",
+    "StorageJob",
     "StorageMode",
     "applied_versions",
     "apply_roles",
@@ -36,6 +38,7 @@ __all__ = [
     "open_pool",
     "probe_timescaledb",
     "require_migrated",
+    "storage_jobs",
     "storage_mode",
     "wait_for_database",
 ]

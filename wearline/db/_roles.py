@@ -104,11 +104,13 @@ POLICIES: dict[str, str] = {
 }
 
 # Functions that act beyond their caller's grants, each for one narrow purpose: creating and dropping partitions
-# (ingest must not need CREATE on the schema), filing a ticket's outbox rows and line (the API writes events but may
-# not read webhooks).
+# (ingest must not need CREATE on the schema), setting the readings retention policy (ingest's housekeeping applies
+# database.retention_days; a policy is the hypertable owner's), filing a ticket's outbox rows and line (the API
+# writes events but may not read webhooks).
 _DEFINERS = (
     "ensure_partitions(date, date)",
     "drop_partitions_before(date)",
+    "set_readings_retention(integer)",
     "ticket_event_to_outbox()",
     "ticket_event_to_delivery()",
     "ticket_line()",
@@ -199,7 +201,7 @@ async def apply_roles(conn: psycopg.AsyncConnection[Any], schema: str, mode: str
     for fn in _DEFINERS:
         cur = await conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [f"{schema}.{fn}"])
         present = await cur.fetchone()
-        if present and present[0]:  # the partition functions exist in native storage only
+        if present and present[0]:  # the partition functions are native-only, the policy one TimescaleDB-only
             await conn.execute(sql.SQL(f"ALTER FUNCTION {{}}.{fn} SECURITY DEFINER").format(s))
     await conn.execute(_AUTHENTICATE)
     if mode == "native" and "readings_hourly" in tables:
