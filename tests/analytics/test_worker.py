@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 
 import analytics._store
 from analytics import (
-    AnalyticsSummary,
     DETECTORS,
+    AnalyticsSummary,
     AnomalyModel,
     RulEstimator,
     RulModel,
