@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 import psycopg
 
-from alerts._lifecycle import Evidence, file_evidence, live_ticket, still_seen, team_for
+from alerts._lifecycle import LIVE_STATUSES, Evidence, file_evidence, live_ticket, still_seen, team_for
 from alerts._rules import DeadLetterRule, RuleSet, SilenceRule, ThresholdRule
 from wearline.settings import AlertsSettings
 
-__all__ = ["WatchSummary", "watch_dead_letters", "watch_readings"]
+__all__ = ["WatchSummary", "silent_machines", "watch_dead_letters", "watch_readings"]
 
 log = logging.getLogger("wearline.alerts")
 
@@ -389,6 +389,19 @@ async def _silence(
                 machines=1,
             )
     return opened
+
+
+async def silent_machines(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Machines that live silence tickets cover: one per machine's ticket, and a gateway's (line) ticket counts the
+    machines it found dark. What Prometheus alerts on: a count, since a label per machine would not stay small."""
+    cur = await conn.execute(
+        """SELECT coalesce(sum(CASE WHEN machine_id IS NULL THEN coalesce((details->>'machines')::int, 1)
+                                    ELSE 1 END), 0)
+           FROM tickets WHERE source = 'silence' AND status = ANY(%s)""",
+        [list(LIVE_STATUSES)],
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def _file_silence(

@@ -20,7 +20,7 @@ from alerts._outlets import Drained, Outlets
 from alerts._retention import delete_delivered
 from alerts._rules import RuleBook, RuleSet, load_rules
 from alerts._tickets import _now, process_anomalies, process_rul
-from alerts._watch import watch_dead_letters, watch_readings
+from alerts._watch import silent_machines, watch_dead_letters, watch_readings
 from alerts._webhooks import deliver_due
 from wearline.db import open_pool
 from wearline.health import PROCESS_HEALTH, Health, PassClock
@@ -76,6 +76,11 @@ class _Metrics:
         )
         for p in range(1, 5):
             self.live.labels(str(p))  # every priority reads 0, not absent, before its first ticket
+        self.silent = Gauge(
+            "wearline_alerts_silent_machines",
+            "Machines a live silence ticket covers (each machine of a silent gateway's line counts).",
+            registry=registry,
+        )
         self.deliveries = Counter(
             "wearline_alerts_webhook_deliveries_total",
             "Webhook delivery attempts by webhook and outcome (delivered, retry, failed).",
@@ -267,6 +272,7 @@ async def run_alerts(
         while not stop.is_set():
             if time.monotonic() >= retention_due:
                 retention_due = await _retention(pool, settings.alerts, metrics)
+            silent = 0
             try:
                 async with pool.connection() as conn:
                     rules = book.refresh()
@@ -278,6 +284,7 @@ async def run_alerts(
                         [list(LIVE_STATUSES)],
                     )
                     live: dict[int, int] | None = dict(await cur.fetchall())
+                    silent = await silent_machines(conn)
                     cur = await conn.execute(_DEPTHS)
                     pending = await cur.fetchone()
                     seen_event, durations = await lifecycle_durations(conn, seen_event)
@@ -318,6 +325,7 @@ async def run_alerts(
             if live is not None:
                 for p in range(1, 5):
                     metrics.live.labels(str(p)).set(live.get(p, 0))
+                metrics.silent.set(silent)
             total.tickets_opened += done.tickets_opened
             total.anomalies_handled += done.anomalies_handled
             total.estimates_handled += done.estimates_handled

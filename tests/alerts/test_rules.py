@@ -7,6 +7,8 @@ worker runs them, with ``now`` in the test's hands.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,8 +16,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 
 import alerts
+from alerts._watch import silent_machines
 from tests.alerts.conftest import machine
 from wearline.db import connect
 from wearline.settings import AlertsSettings, Settings
@@ -219,11 +223,13 @@ async def test_a_silent_machine_gets_a_ticket_and_a_silent_gateway_one_for_its_l
     assert set(found) == {"plant-a/line-1/"}
     gateway = found["plant-a/line-1/"]
     assert (gateway.reason, gateway.details["machines"]) == ("no-data", 2)
+    assert await silent_machines(conn) == 2, "the gateway's ticket counts both of its machines"
     assert alerts.ticket_json(gateway)["machine"] is None
     await watch(conn, s, rules, now + timedelta(minutes=2))
     found = {t.machine: t for t in await all_tickets(conn)}
     assert set(found) == {"plant-a/line-1/", "plant-a/line-2/pump-2"}, "pump-2 is silent too now (5 min 10 s)"
     assert found["plant-a/line-1/"].occurrences == 1, "still dark is not new evidence"
+    assert await silent_machines(conn) == 3
     # The gateway comes back: readings resume and run past the hold period, and its ticket resolves.
     back = now + timedelta(minutes=3)
     for name in ("pump-1a", "pump-1b"):
@@ -232,6 +238,32 @@ async def test_a_silent_machine_gets_a_ticket_and_a_silent_gateway_one_for_its_l
     status = {t.machine: t.status for t in await all_tickets(conn)}
     # fan-9, whose data stopped at T0 + 1 h, is now 16 minutes behind line-1's newest reading: silent in turn.
     assert status == {"plant-a/line-1/": "resolved", "plant-a/line-2/pump-2": "open", "plant-b/line-9/fan-9": "open"}
+    assert await silent_machines(conn) == 2, "a resolved ticket covers nobody"
+
+
+async def test_the_worker_exports_how_many_machines_are_silent(migrated: Settings, conn: Conn, tmp_path: Path) -> None:
+    """wearline_alerts_silent_machines, what Prometheus's WearlineMachinesSilent reads: line-1's gateway (two
+    machines) and pump-2 went quiet 20 minutes ago, fan-9 still sends."""
+    s, _ = rules_from(tmp_path, SILENCE, poll_interval_s=0.2)
+    ids = {n: await machine(conn, n) for n in ("pump-1a", "pump-1b", "pump-2", "fan-9")}
+    now = datetime.now(UTC)
+    for name in ("pump-1a", "pump-1b", "pump-2"):
+        await readings(conn, ids[name], now - timedelta(minutes=30), 10, [1.0] * 60)
+    await readings(conn, ids["fan-9"], now - timedelta(minutes=30), 10, [1.0] * 180)
+    registry = CollectorRegistry()
+    stop = asyncio.Event()
+    task = asyncio.create_task(alerts.run_alerts(migrated.model_copy(update={"alerts": s}), stop, registry=registry))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if registry.get_sample_value("wearline_alerts_silent_machines") == 3:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await task
+    print({t.machine: t.details.get("machines") for t in await all_tickets(conn)})
+    assert registry.get_sample_value("wearline_alerts_silent_machines") == 3
 
 
 async def test_a_surge_of_dead_letters_from_one_gateway_opens_one_ticket_on_its_line(
