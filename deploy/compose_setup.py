@@ -1,8 +1,9 @@
 """Compose's one-shot setup job, run as the database owner before any stage starts (deploy/compose.yaml):
 
 1. migrates the schema (``wearline db migrate``: the group roles and their grants included);
-2. gives each stage a login of its own, a member of its group role, with the password deploy/secrets.sh generated
-   (``SETUP_<STAGE>_PASSWORD``); a password changed there is applied on the next run;
+2. gives each stage, and Grafana (readonly), a login of its own, a member of its group role, with the password
+   deploy/secrets.sh generated (``SETUP_<STAGE>_PASSWORD``) and the schema as its search_path; a password changed
+   there is applied on the next run;
 3. registers the stages' broker account (``wearline gateways add stages --service``) when it has none, and writes
    its user name and password where the stages read their settings (``--mqtt-credentials``, a TOML file: the
    password is shown once, so it is kept in that file only);
@@ -68,6 +69,9 @@ async def setup(broker_dir: Path, credentials: Path, *, have_credentials: bool) 
                 await conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(login, sql.Identifier(group)))
             # ALTER ROLE takes no bind parameters; the literal is quoted by psycopg.
             await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(login, sql.Literal(password)))
+            # The dashboards' SQL (Grafana, as the readonly login) names no schema.
+            schema = sql.Identifier(settings.database.schema_name)
+            await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(login, schema))
             say(f"login {group}_login: member of {group}")
         async with conn.transaction():
             live = {g.name for g in await list_gateways(conn, live_only=True)}

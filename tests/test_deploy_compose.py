@@ -216,6 +216,12 @@ def test_the_setup_job_migrates_makes_logins_and_the_broker_files(schema: str, t
                 [LOGINS],
             ).fetchall()
         assert rows == [(login, login.removesuffix("_login"), True, True) for login in sorted(LOGINS)]
+        with psycopg.connect(TEST_DSN) as conn:
+            paths = conn.execute(
+                "SELECT rolname, rolconfig FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1", [LOGINS]
+            ).fetchall()
+        # Grafana's SQL names no schema: its login (and every other) searches the schema first.
+        assert paths == [(login, [f"search_path={schema}"]) for login in sorted(LOGINS)]
         assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
         account = tomllib.loads(credentials.read_text())["mqtt"]
         assert account["username"] == "stages"
