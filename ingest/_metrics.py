@@ -5,8 +5,14 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from wearline.gauges import NewestTimestamp
+from wearline.wire import Reason
 
-__all__ = ["IngestMetrics"]
+__all__ = ["MESSAGE_OUTCOMES", "IngestMetrics"]
+
+
+MESSAGE_OUTCOMES = ("written", "dead_letter", "not_ours")
+"""What becomes of a message taken from the broker: written, stored as a dead letter, or another worker's share under
+the partitioned scheme (acknowledged unwritten)."""
 
 
 class IngestMetrics:
@@ -15,7 +21,7 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.messages = Counter(
             "wearline_ingest_messages_total",
-            "MQTT messages handled, by outcome.",
+            "MQTT messages handled, by outcome (written, dead_letter, not_ours).",
             ["outcome"],
             registry=registry,
         )
@@ -109,6 +115,13 @@ class IngestMetrics:
             ["reason"],
             registry=registry,
         )
+        # Every outcome and reason reads 0 from the start: a series that appears with its first event leaves a panel
+        # empty and sum(rate()) absent, not 0, until then.
+        for outcome in MESSAGE_OUTCOMES:
+            self.messages.labels(outcome)
+        for reason in Reason:
+            self.dead_letters.labels(reason.value)
+            self.dead_letters_unstored.labels(reason.value)
         self.newest_sample = NewestTimestamp(
             "wearline_ingest_newest_sample_timestamp_seconds",
             "Own timestamp of the newest sample this worker committed (absent until its first); analytics' lag is "

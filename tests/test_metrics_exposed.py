@@ -26,12 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
+from ingest._metrics import MESSAGE_OUTCOMES
 from tests.conftest import TEST_MQTT, drop_schema, make_settings, unique
 from tests.ingest._support import publish
 from wearline.db import migrate
 from wearline.mosquitto import free_port
 from wearline.topics import MachinePath, telemetry_topic
-from wearline.wire import Sample, encode_message
+from wearline.wire import Reason, Sample, encode_message
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC = re.compile(r"\bwearline_[a-z0-9_]+\b")
@@ -225,3 +226,26 @@ def test_names_and_labels_follow_prometheus_conventions(served: dict[str, tuple[
             labels = {kv.split("=")[0] for kv in re.findall(r'(\w+)="', match[2])} - {"le", "quantile"}
             assert len(labels) <= 3, f"{stage}: {line}"
             assert not labels & {"machine", "machine_id", "topic", "message_id", "sensor", "identity"}, line
+
+
+# Counters whose label values are data (a tenant; a configured webhook or CMMS adapter, none in this test).
+DATA_LABELLED = {
+    "wearline_ingest_conflicts_total",
+    "wearline_alerts_webhook_deliveries_total",
+    "wearline_alerts_cmms_filings_total",
+}
+
+
+def test_counters_have_series_from_the_start(served: dict[str, tuple[Families, str]]) -> None:
+    """A counter with no series leaves a panel empty and ``sum(rate(x))`` absent, not 0, so a rule over it cannot
+    fire; every counter whose label values are known is created with them when its process starts."""
+    for stage, (families, text) in served.items():
+        for name, kind in families.items():
+            if kind == "counter" and name.startswith("wearline_") and name not in DATA_LABELLED:
+                assert re.search(rf"^{name}(\{{| )", text, re.M), f"{stage}: {name} has no series yet"
+    ingest = served["ingest"][1]
+    for family in ("wearline_ingest_dead_letters_total", "wearline_ingest_dead_letters_unstored_total"):
+        reasons = set(re.findall(rf'^{family}\{{reason="(\w+)"\}}', ingest, re.M))
+        assert reasons == {r.value for r in Reason}, family
+    outcomes = set(re.findall(r'^wearline_ingest_messages_total\{outcome="(\w+)"\}', ingest, re.M))
+    assert outcomes == set(MESSAGE_OUTCOMES)
