@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ import pytest
 import yaml
 
 from tests.conftest import TEST_DSN, unique
+from tests.ingest._broker_access import client
+from wearline.mosquitto import LocalAuth, LocalBroker, LocalTls, free_port
 from wearline.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,3 +256,85 @@ def test_the_setup_job_migrates_makes_logins_and_the_broker_files(schema: str, t
         with psycopg.connect(TEST_DSN, autocommit=True) as conn:
             for login in LOGINS:
                 conn.execute(f'DROP ROLE IF EXISTS "{login}"')
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_the_broker_admits_the_stages_with_what_secrets_sh_and_the_setup_job_made(schema: str) -> None:
+    """The pieces compose hands Mosquitto fit together: the shipped configuration's TLS listener with the certificate
+    deploy/secrets.sh made, the password and ACL files the setup job wrote, the stages' account from its credentials
+    file. Compose's broker start installs copies of the TLS files its user can read; here they are made readable."""
+    # Not under pytest's 0700 tmp_path: Mosquitto started as root reads its files as its own user.
+    work = Path(tempfile.mkdtemp(prefix="wlt-compose-broker-"))
+    os.chmod(work, 0o755)  # the broker's user traverses it
+    try:
+        shutil.copy(DEPLOY / "secrets.sh", work)
+        made = subprocess.run(
+            ["sh", str(work / "secrets.sh")], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert made.returncode == 0, made.stderr
+        tls = work / "secrets" / "tls"
+        for path in (work / "secrets", tls, *tls.iterdir()):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        broker_dir = work / "broker"
+        broker_dir.mkdir()
+        for name in ("passwd", "acl"):
+            (broker_dir / name).write_text("")
+            os.chmod(broker_dir / name, 0o644)  # the setup job keeps a file's mode: the broker's user reads it
+        setup = dict(line.split("=", 1) for line in (work / "secrets/setup.env").read_text().splitlines())
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("WEARLINE_", "SETUP_"))},
+            **{k: v for k, v in setup.items() if k.startswith("SETUP_")},
+            "WEARLINE_DATABASE__DSN": TEST_DSN,
+            "WEARLINE_DATABASE__SCHEMA": schema,
+            "WEARLINE_DATABASE__STORAGE": "native",
+        }
+        credentials = work / "mqtt.toml"
+        done = subprocess.run(
+            [
+                *(sys.executable, str(DEPLOY / "compose_setup.py")),
+                "--broker-dir",
+                str(broker_dir),
+                "--mqtt-credentials",
+                str(credentials),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        account = tomllib.loads(credentials.read_text())["mqtt"]
+        (work / "data").mkdir()
+        auth = LocalAuth(
+            password_file=broker_dir / "passwd",
+            acl_file=broker_dir / "acl",
+            tls=LocalTls(
+                port=free_port(), certfile=tls / "server.crt", keyfile=tls / "server.key", cafile=tls / "ca.crt"
+            ),
+        )
+        broker = LocalBroker(work / "data", auth=auth)
+        assert auth.tls is not None
+        broker.start()
+        try:
+            context = ssl.create_default_context(cafile=str(tls / "ca.crt"))  # checks the name: IP 127.0.0.1
+            with client(auth.tls.port, username="stages", password=account["password"], tls=context) as stages:
+                admitted = stages.connack
+            with client(auth.tls.port, username="stages", password="not-it", tls=context) as wrong:
+                refused = wrong.connack
+            with client(auth.tls.port, tls=context) as anonymous:
+                anonymous_refused = anonymous.connack
+        finally:
+            broker.close()
+        print(f"stages: {admitted}; wrong password: {refused}; anonymous: {anonymous_refused}")
+        assert admitted is not None
+        assert not admitted.is_failure
+        assert refused is not None
+        assert refused.is_failure
+        assert anonymous_refused is not None
+        assert anonymous_refused.is_failure
+    finally:
+        with psycopg.connect(TEST_DSN, autocommit=True) as conn:
+            for login in LOGINS:
+                conn.execute(f'DROP ROLE IF EXISTS "{login}"')
+        shutil.rmtree(work, ignore_errors=True)
