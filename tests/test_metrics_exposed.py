@@ -40,6 +40,9 @@ STAGES = ("ingest", "analytics", "alerts", "api")
 
 Families = dict[str, str]
 """Family name as exposed (a counter with its ``_total``) -> type."""
+Served = dict[str, tuple[Families, str, str]]
+"""Per stage: its families, its /metrics once readings went through, and its /metrics when it had just become
+ready (a fresh install: nothing received yet)."""
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -73,7 +76,7 @@ def _series_names(families: Families) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Families, str]]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Each stage's families and its /metrics text, scraped from the running command."""
     schema = unique("wlt_")
     settings = make_settings(schema, unique("wlt/"), "native")
@@ -112,6 +115,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple
                 assert procs[stage].poll() is None, f"{stage} exited:\n{log}"
                 assert time.monotonic() < deadline, f"{stage} never became ready: {_get(p, '/readyz')}\n{log}"
                 time.sleep(0.2)
+        fresh = {stage: _get(p, "/metrics")[1] for stage, p in ports.items()}
         # A few readings through the whole chain: the newest-timestamp gauges are absent until there is one.
         now_ms = int(time.time() * 1000)
         samples = [Sample(now_ms - 1000 * k, {"vibration_rms": 2.0 + k / 10}) for k in range(5)]
@@ -122,11 +126,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple
             while name not in _get(ports[stage], "/metrics")[1]:
                 assert time.monotonic() < deadline, f"{stage} never exported {name}"
                 time.sleep(0.2)
-        out = {}
+        out: Served = {}
         for stage, p in ports.items():
             status, text = _get(p, "/metrics")
             assert status == 200, stage
-            out[stage] = (_families(text), text)
+            out[stage] = (_families(text), text, fresh[stage])
         yield out
     finally:
         for proc in procs.values():
@@ -143,9 +147,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple
         drop_schema(schema)
 
 
-def _wearline(served: dict[str, tuple[Families, str]]) -> Families:
+def _wearline(served: Served) -> Families:
     out: Families = {}
-    for families, _ in served.values():
+    for families, _, _ in served.values():
         out |= {n: t for n, t in families.items() if n.startswith("wearline_")}
     return out
 
@@ -182,13 +186,13 @@ def _dashboard_exprs() -> dict[str, str]:
     return exprs
 
 
-def test_every_stage_serves_its_build(served: dict[str, tuple[Families, str]]) -> None:
-    for stage, (families, text) in served.items():
+def test_every_stage_serves_its_build(served: Served) -> None:
+    for stage, (families, text, _) in served.items():
         assert families.get("wearline_build_info") == "gauge", stage
         assert re.search(r'^wearline_build_info\{python_version="[^"]+",version="[^"]+"\} 1\.0$', text, re.M), stage
 
 
-def test_every_metric_a_dashboard_or_rule_names_is_served(served: dict[str, tuple[Families, str]]) -> None:
+def test_every_metric_a_dashboard_or_rule_names_is_served(served: Served) -> None:
     names = _series_names(_wearline(served))
     rules, boards = _rule_exprs(), _dashboard_exprs()
     assert len(rules) >= 10, rules
@@ -201,14 +205,14 @@ def test_every_metric_a_dashboard_or_rule_names_is_served(served: dict[str, tupl
     assert missing == {}, f"named but served by no stage: {missing}"
 
 
-def test_docs_list_exactly_the_served_metrics(served: dict[str, tuple[Families, str]]) -> None:
+def test_docs_list_exactly_the_served_metrics(served: Served) -> None:
     documented = set(re.findall(r"^\| `(wearline_[a-z0-9_]+)`", (ROOT / "docs/metrics.md").read_text(), re.M))
     exposed = set(_wearline(served))
     assert exposed - documented == set(), "served but not in docs/metrics.md"
     assert documented - exposed == set(), "in docs/metrics.md but served by no stage"
 
 
-def test_names_and_labels_follow_prometheus_conventions(served: dict[str, tuple[Families, str]]) -> None:
+def test_names_and_labels_follow_prometheus_conventions(served: Served) -> None:
     families = _wearline(served)
     for name, kind in families.items():
         assert (kind == "counter") == name.endswith("_total"), f"{name} ({kind}): _total is for counters only"
@@ -218,7 +222,7 @@ def test_names_and_labels_follow_prometheus_conventions(served: dict[str, tuple[
         if kind == "histogram" and re.search(r"(time|latency|duration)", name):
             assert name.endswith("_seconds"), f"{name}: durations in seconds"
     # Labels carry information and stay few; none names a single message, reading or machine.
-    for stage, (_, text) in served.items():
+    for stage, (_, text, _) in served.items():
         for line in text.splitlines():
             match = re.match(r"^(wearline_[a-z0-9_]+)\{([^}]*)\}", line)
             if not match:
@@ -236,14 +240,15 @@ DATA_LABELLED = {
 }
 
 
-def test_counters_have_series_from_the_start(served: dict[str, tuple[Families, str]]) -> None:
+def test_counters_have_series_from_the_start(served: Served) -> None:
     """A counter with no series leaves a panel empty and ``sum(rate(x))`` absent, not 0, so a rule over it cannot
-    fire; every counter whose label values are known is created with them when its process starts."""
-    for stage, (families, text) in served.items():
+    fire; every counter whose label values are known is created with them when its process starts. Read from the
+    scrape taken as each stage became ready, before any message."""
+    for stage, (families, _, fresh) in served.items():
         for name, kind in families.items():
             if kind == "counter" and name.startswith("wearline_") and name not in DATA_LABELLED:
-                assert re.search(rf"^{name}(\{{| )", text, re.M), f"{stage}: {name} has no series yet"
-    ingest = served["ingest"][1]
+                assert re.search(rf"^{name}(\{{| )", fresh, re.M), f"{stage}: {name} has no series on a fresh start"
+    ingest = served["ingest"][2]
     for family in ("wearline_ingest_dead_letters_total", "wearline_ingest_dead_letters_unstored_total"):
         reasons = set(re.findall(rf'^{family}\{{reason="(\w+)"\}}', ingest, re.M))
         assert reasons == {r.value for r in Reason}, family
