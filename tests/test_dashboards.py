@@ -1,6 +1,7 @@
 """Every SQL query of every shipped Grafana dashboard (panels, template variables, annotations) runs against a
 migrated schema with data, as the read-only role Grafana logs in with, after the substitutions Grafana itself makes
-(template variables, then the PostgreSQL data source's macros), and returns rows of the shape its panel needs.
+(template variables, then the PostgreSQL data source's macros: :mod:`wearline.grafana`), and returns rows of the
+shape its panel needs.
 
 A query that names a column a migration renamed, a table the role may not read, or a row-level security policy that
 hides every row from the dashboards fails here rather than as an empty panel in front of an operator.
@@ -8,11 +9,7 @@ hides every row from the dashboards fails here rather than as an empty panel in 
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,19 +20,26 @@ import yaml
 from psycopg.adapt import AdaptersMap
 
 from wearline.db import connect
+from wearline.grafana import (
+    DATASOURCE_UID,
+    DashboardQuery,
+    GrafanaError,
+    Substitution,
+    Variable,
+    load_dashboards,
+    relative_time,
+    resolve_variables,
+)
 from wearline.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DASHBOARDS = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
+DASHBOARDS = ROOT / "deploy/grafana/dashboards"
 PROVISIONING = ROOT / "deploy/grafana/provisioning/datasources"
 READER = "wearline_readonly"
 
 NUMERIC = {"int2", "int4", "int8", "float4", "float8", "numeric"}
 TIMES = {"timestamptz", "timestamp"}
 TEXT = {"text", "varchar", "name", "bpchar"}
-
-# Grafana picks $__interval so that a graph has about one point per pixel (here: a thousand), as a round step.
-STEPS = [1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400]
 
 
 def _datasources() -> dict[str, dict[str, Any]]:
@@ -44,147 +48,6 @@ def _datasources() -> dict[str, dict[str, Any]]:
         for ds in yaml.safe_load(path.read_text())["datasources"]:
             out[ds["uid"]] = ds
     return out
-
-
-def _postgres_uid() -> str:
-    (uid,) = [uid for uid, ds in _datasources().items() if ds["type"] in {"postgres", "grafana-postgresql-datasource"}]
-    return uid
-
-
-# --- what Grafana does to a query before PostgreSQL sees it ------------------------------------------------------
-
-
-def _duration(text: str) -> float:
-    """Grafana's interval strings: 30s, 5m, 1h, 1d."""
-    match = re.fullmatch(r"(\d+)(ms|s|m|h|d|w)", text.strip().strip("'\""))
-    assert match, f"not a Grafana interval: {text!r}"
-    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match[2]]
-    return int(match[1]) * unit
-
-
-def _relative(text: str, now: datetime) -> datetime:
-    if text == "now":
-        return now
-    match = re.fullmatch(r"now-(\d+[smhdw])", text)
-    assert match, f"time range {text!r}: only now-N<unit> is emulated"
-    return now - timedelta(seconds=_duration(match[1]))
-
-
-@dataclass
-class Variable:
-    name: str
-    values: list[str]
-    quoted_list: bool
-    """Multi-value or with All: Grafana's SQL data sources quote each value and join them with commas."""
-
-
-@dataclass
-class Emulation:
-    """One dashboard's time range, interval and current variable values, as Grafana would have them."""
-
-    start: datetime
-    end: datetime
-    variables: dict[str, Variable] = field(default_factory=dict)
-
-    @property
-    def interval_s(self) -> int:
-        wanted = (self.end - self.start).total_seconds() / 1000
-        return next((s for s in STEPS if s >= wanted), STEPS[-1])
-
-    def _value(self, name: str, fmt: str | None) -> str:
-        if name == "__interval":
-            s = self.interval_s
-            return f"{s // 3600}h" if s % 3600 == 0 else f"{s // 60}m" if s % 60 == 0 else f"{s}s"
-        if name == "__interval_ms":
-            return str(self.interval_s * 1000)
-        assert name in self.variables, f"${name} is neither a variable of this dashboard nor one of Grafana's"
-        var = self.variables[name]
-        assert fmt in {None, "raw", "csv", "sqlstring"}, f"${{{name}:{fmt}}}: format not emulated"
-        if fmt == "csv":
-            return ",".join(var.values)
-        if fmt == "sqlstring" or (fmt is None and var.quoted_list):
-            return ",".join("'" + v.replace("'", "''") + "'" for v in var.values)
-        if fmt == "raw":
-            return var.values[0]
-        return var.values[0].replace("'", "''")
-
-    def variables_in(self, sql: str) -> str:
-        """Template variables: ``$name``, ``${name}``, ``${name:format}``, ``[[name]]``; macros are left alone."""
-
-        def sub(m: re.Match[str]) -> str:
-            name = m["a"] or m["b"] or m["c"]
-            if name.startswith("__") and name not in {"__interval", "__interval_ms"}:
-                return m[0]  # a macro, for the data source's turn
-            return self._value(name, m["fmt"])
-
-        return re.sub(r"\$(?P<a>\w+)|\$\{(?P<b>\w+)(?::(?P<fmt>\w+))?\}|\[\[(?P<c>\w+)\]\]", sub, sql)
-
-    def macros_in(self, sql: str) -> str:
-        """The PostgreSQL data source's macros (Grafana's server side, plain PostgreSQL: no TimescaleDB option)."""
-
-        def literal(t: datetime) -> str:
-            return "'" + t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") + "'"
-
-        def sub(m: re.Match[str]) -> str:
-            name, args = m[1], [a.strip() for a in m[2].split(",")] if m[2].strip() else []
-            if name == "__timeFilter":
-                return f"{args[0]} BETWEEN {literal(self.start)} AND {literal(self.end)}"
-            if name == "__timeFrom":
-                return literal(self.start)
-            if name == "__timeTo":
-                return literal(self.end)
-            if name == "__time":
-                return f'{args[0]} AS "time"'
-            if name in {"__timeGroup", "__timeGroupAlias"}:
-                assert len(args) == 2, f"{m[0]}: fill modes are not emulated"
-                seconds = _duration(args[1])
-                group = f"floor(extract(epoch from {args[0]})/{seconds:g})*{seconds:g}"
-                return group + (' AS "time"' if name == "__timeGroupAlias" else "")
-            raise AssertionError(f"macro {m[0]} is not emulated: add it here the way Grafana expands it")
-
-        out = re.sub(r"\$(__\w+)\(([^()]*)\)", sub, sql)
-        assert "$" not in out, f"something was left unexpanded: {out}"
-        return out
-
-    def expand(self, sql: str) -> str:
-        return self.macros_in(self.variables_in(sql))
-
-
-# --- the queries of the shipped dashboards -----------------------------------------------------------------------
-
-
-@dataclass
-class Query:
-    dashboard: str
-    where: str
-    kind: str
-    """The panel type, ``variable`` or ``annotation``."""
-    fmt: str
-    sql: str
-    options: dict[str, Any]
-
-
-def _is_postgres(ds: object, uid: str) -> bool:
-    return isinstance(ds, dict) and ds.get("uid") == uid
-
-
-def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from _panels(panel.get("panels", []))
-
-
-def _queries(board: dict[str, Any], uid: str) -> Iterator[Query]:
-    name = board["uid"]
-    for panel in _panels(board["panels"]):
-        for target in panel.get("targets", []):
-            if _is_postgres(target.get("datasource") or panel.get("datasource"), uid):
-                where = f"panel {panel['title']!r} query {target['refId']}"
-                yield Query(name, where, panel["type"], target["format"], target["rawSql"], panel.get("options", {}))
-    for anno in board.get("annotations", {}).get("list", []):
-        if _is_postgres(anno.get("datasource"), uid):
-            target = anno["target"]
-            yield Query(name, f"annotation {anno['name']!r}", "annotation", "table", target["rawSql"], {})
 
 
 # --- data: two tenants, readings, scores, remaining life, tickets, dead letters, ingest members ------------------
@@ -294,7 +157,7 @@ def _types(cur: psycopg.AsyncCursor[Any], adapters: AdaptersMap) -> list[tuple[s
     return out
 
 
-def _check_shape(q: Query, cols: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
+def _check_shape(q: DashboardQuery, cols: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
     where = f"{q.dashboard}: {q.where}"
     assert rows, f"{where}: no rows from the test data"
     names = [n for n, _ in cols]
@@ -335,22 +198,23 @@ def _check_shape(q: Query, cols: list[tuple[str, str]], rows: list[tuple[Any, ..
 def test_every_dashboard_datasource_is_provisioned() -> None:
     provisioned = _datasources()
     assert {ds["type"] for ds in provisioned.values()} >= {"prometheus", "postgres"}
-    for path in DASHBOARDS:
-        board = json.loads(path.read_text())
-        used = {
-            t.get("datasource", p.get("datasource"))["uid"]
-            for p in _panels(board["panels"])
-            for t in p.get("targets", [])
-        }
-        used |= {v["datasource"]["uid"] for v in board["templating"]["list"] if "datasource" in v}
-        assert used <= set(provisioned), f"{path.name} uses data sources nobody provisions: {used - set(provisioned)}"
+    assert [uid for uid, ds in provisioned.items() if ds["type"] == "postgres"] == [DATASOURCE_UID]
+    for board in load_dashboards(DASHBOARDS):
+        stack = list(board.model["panels"])
+        used = set()
+        while stack:
+            panel = stack.pop()
+            stack.extend(panel.get("panels", []))
+            used |= {(t.get("datasource") or panel["datasource"])["uid"] for t in panel.get("targets", [])}
+        used |= {v["datasource"]["uid"] for v in board.model["templating"]["list"] if "datasource" in v}
+        assert used <= set(provisioned), f"{board.path.name} uses data sources nobody provisions"
 
 
 @pytest.mark.timeout(120)
 async def test_every_sql_query_of_every_dashboard_returns_rows_of_its_shape_as_the_readonly_role(
     migrated: Settings,
 ) -> None:
-    uid = _postgres_uid()
+    uid = DATASOURCE_UID
     now = datetime.now(UTC).replace(microsecond=0)
     async with await connect(migrated.database) as owner:
         await _fill(owner, now)
@@ -361,53 +225,36 @@ async def test_every_sql_query_of_every_dashboard_returns_rows_of_its_shape_as_t
         assert await cur.fetchone() == (READER,)
         # Each dashboard at its own time range, then zoomed out to a month (a coarser $__interval; the machine's
         # sensors then come from the hourly rollup).
-        for path, since in [(p, f) for p in DASHBOARDS for f in (None, "now-30d")]:
-            board = json.loads(path.read_text())
-            emu = Emulation(_relative(since or board["time"]["from"], now), _relative(board["time"]["to"], now))
-            queries = list(_queries(board, uid))
-            # Variables in their order (a later one may use an earlier one), each query's rows becoming its options.
-            for var in board["templating"]["list"]:
-                if var["type"] in {"textbox", "constant", "custom"}:
-                    emu.variables[var["name"]] = Variable(var["name"], [str(var["query"]).split(",")[0]], False)
-                    continue
-                assert var["type"] == "query", f"{path.name}: variable type {var['type']} is not emulated"
-                if not _is_postgres(var.get("datasource"), uid):
-                    continue
-                sql = emu.expand(var["query"])
-                cur = await conn.execute(sql)
-                cols = [c.name for c in cur.description or []]
-                rows = await cur.fetchall()
-                where = f"{board['uid']}: variable {var['name']!r}"
-                assert rows, f"{where}: no options from the test data"
-                assert len(cols) == 1 or set(cols) == {"__text", "__value"}, f"{where}: columns {cols}"
-                values = [str(r[cols.index("__value")] if "__value" in cols else r[0]) for r in rows]
-                multi = bool(var.get("multi") or var.get("includeAll"))
-                # Grafana's default: All where offered (every value), else the first option.
-                chosen = values if var.get("includeAll") else values[:1]
-                emu.variables[var["name"]] = Variable(var["name"], chosen, multi)
-                ran[board["uid"]] = ran.get(board["uid"], 0) + 1
-            for q in queries:
-                sql = emu.expand(q.sql)
+        for board, since in [(b, f) for b in load_dashboards(DASHBOARDS) for f in (None, "now-30d")]:
+            time_range = board.model["time"]
+            sub = Substitution(relative_time(since or time_range["from"], now), relative_time(time_range["to"], now))
+            # Variables in their order, each query variable's rows its options (GrafanaError when there are none).
+            variables = await resolve_variables(conn, board, sub, uid)
+            ran[board.uid] = ran.get(board.uid, 0) + len(variables)
+            for q in board.queries(uid):
+                sql = sub.expand(q.sql)
                 try:
                     cur = await conn.execute(sql)
                 except psycopg.Error as exc:
                     raise AssertionError(f"{q.dashboard}: {q.where} fails: {exc}\n{sql}") from exc
                 _check_shape(q, _types(cur, conn.adapters), await cur.fetchall())
-                ran[board["uid"]] = ran.get(board["uid"], 0) + 1
+                ran[board.uid] = ran.get(board.uid, 0) + 1
     print("SQL queries run per dashboard (two time ranges):", ran)
     assert set(ran) >= {"wearline-fleet", "wearline-machine", "wearline-ingest"}
 
 
-def test_the_emulation_expands_as_grafana_does() -> None:
+def test_the_substitution_expands_as_grafana_does() -> None:
     """The substitutions the test above relies on, checked against Grafana's documented expansions."""
     start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
-    emu = Emulation(start, end, {"t": Variable("t", ["a", "o'b"], True), "m": Variable("m", ["7"], False)})
-    assert emu.expand("x IN ($t) AND y = $m AND z = '${m}'") == "x IN ('a','o''b') AND y = 7 AND z = '7'"
-    assert emu.expand("$__timeFilter(time)") == "time BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-02T00:00:00Z'"
-    assert emu.expand("$__timeGroupAlias(time, '5m')") == 'floor(extract(epoch from time)/300)*300 AS "time"'
-    assert emu.interval_s == 300  # a day over about a thousand points, rounded up to a round step
-    assert emu.expand("$__timeGroup(time, $__interval)") == "floor(extract(epoch from time)/300)*300"
-    with pytest.raises(AssertionError, match="neither a variable"):
-        emu.expand("$nope")
-    with pytest.raises(AssertionError, match="not emulated"):
-        emu.expand("$__unixEpochFilter(t)")
+    sub = Substitution(start, end, {"t": Variable("t", ["a", "o'b"], True), "m": Variable("m", ["7"], False)})
+    assert sub.expand("x IN ($t) AND y = $m AND z = '${m}'") == "x IN ('a','o''b') AND y = 7 AND z = '7'"
+    assert sub.expand("$__timeFilter(time)") == "time BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-02T00:00:00Z'"
+    assert sub.expand("$__timeGroupAlias(time, '5m')") == 'floor(extract(epoch from time)/300)*300 AS "time"'
+    assert sub.interval_s == 300  # a day over about a thousand points, rounded up to a round step
+    assert sub.expand("$__timeGroup(time, $__interval)") == "floor(extract(epoch from time)/300)*300"
+    with pytest.raises(GrafanaError, match="neither a variable"):
+        sub.expand("$nope")
+    with pytest.raises(GrafanaError, match="not emulated"):
+        sub.expand("$__unixEpochFilter(t)")
+    with pytest.raises(GrafanaError, match="not emulated"):
+        sub.expand("$__timeGroup(time, '5m', 0)")
