@@ -125,6 +125,8 @@ def test_nothing_secret_is_committed_in_the_compose_file() -> None:
     never from values in the file; it used to carry the database password in four places."""
     text = (DEPLOY / "compose.yaml").read_text()
     assert not re.search(r"postgres(ql)?://[^:/@\s]+:[^@\s]+@", text), "a DSN with a password"
+    # Compose fills ${VAR} from the operator's shell: a credential could slip in that way, or a shell's $ be eaten.
+    assert re.findall(r"(?<!\$)\$(?!\$)", text) == [], "compose would interpolate this $"
     for name, service in _compose()["services"].items():
         named = sorted(k for k in service.get("environment", {}) if SECRET_NAME.search(k))
         assert named == [], f"{name}: credentials as literal values: {named}"
