@@ -33,6 +33,10 @@ CASES = [
     (("ingest", "--rate", "-1"), "--rate"),
     (("ingest", "--rate", "inf"), "--rate"),
     (("ingest", "--duration", "inf"), "--duration"),
+    # bench dashboards: a fleet of none, or dashboards that are not there, before any schema is loaded
+    (("dashboards", "--machines", "0"), "--machines"),
+    (("dashboards", "--repeat", "0"), "--repeat"),
+    (("dashboards", "--dashboards", "/nonexistent/dashboards"), "--dashboards"),
 ]
 
 

@@ -76,10 +76,11 @@ def _root(
 
 
 def _mount() -> None:
-    from wearline.cli import _bench_layout, _db
+    from wearline.cli import _bench_dashboards, _bench_layout, _db
 
     app.add_typer(_db.db_app, name="db")
     bench_app.add_typer(_bench_layout.bench)
+    bench_app.add_typer(_bench_dashboards.bench)
     for group, target in (("wearline.commands", app), ("wearline.bench", bench_app)):
         for ep in sorted(entry_points(group=group), key=lambda e: e.name):
             target.add_typer(ep.load())
