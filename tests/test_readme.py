@@ -37,6 +37,7 @@ SHORTER = {
     "bench simulate": ["--duration", "1", "--machines", "200"],
     "bench analytics": ["--machines", "50", "--rows", "2000", "--history", "20"],
     "bench layout": ["--samples", "1000"],
+    "bench dashboards": ["--machines", "200", "--repeat", "1"],
     # The plant's last hour at x600 (six seconds), then stop, instead of an hour in a minute, then real time.
     "simulate --scenario": ["--time-scale", "600", "--steps", "3600"],
 }
@@ -157,6 +158,7 @@ def test_benchmark_block_runs_as_written(env: dict[str, str], tmp_path: Path) ->
         "bench simulate",
         "bench analytics",
         "bench layout",
+        "bench dashboards",
     }
     for line in lines:
         out = run(wearline_args(line, tmp_path), env, tmp_path, timeout=300)
