@@ -28,8 +28,9 @@ from analytics._offline import DETECTORS, AnomalyModel, RulModel, make_detector,
 from analytics._pca import PcaT2Q
 from analytics._regime import ConditionEncoder, RegimeScaler
 from analytics._registry import RegisteredModel, list_models, read_model_file, register_model, unusable_for_type
+from analytics._rul_cv import evaluate_cmapss
 from analytics._rul_gbm import GbmRul
-from analytics._rul_trend import TrendRul
+from analytics._rul_score import cv_line
 from analytics._store import convert_pickle, load_model, save_model
 from analytics._tabular import Table, read_table, write_rows
 from analytics._threshold import Thresholded
@@ -60,9 +61,10 @@ __all__ = [
     "RunHistory",
     "Table",
     "Thresholded",
-    "TrendRul",
     "clone",
     "convert_pickle",
+    "cv_line",
+    "evaluate_cmapss",
     "evaluate_dir",
     "list_models",
     "load_model",

@@ -182,3 +182,7 @@ class RulEstimator(_Params, ABC):
     @abstractmethod
     def predict(self, runs: Sequence[RunHistory]) -> list[RulPrediction]:
         """One prediction per history, at its last time."""
+
+    def summary(self) -> dict[str, object]:
+        """What the model file's metadata should state about the fitted model (its cap, its own figures)."""
+        return {}

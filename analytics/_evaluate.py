@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from analytics._base import DataError, Vector, clone
 from analytics._offline import AnomalyModel, DetectorName, RulModel, RulName, default_features
+from analytics._rul_score import phm08_score
 from analytics._tabular import Table, read_table
 from wearline.progress import SILENT, Bar
 
@@ -101,13 +102,6 @@ def anomaly_metrics(c: EventCounts) -> dict[str, float]:
     }
 
 
-def phm08_score(error: Vector) -> float:
-    """PHM08 challenge score, sum over units of exp(-d/13)-1 for early (d<0) and exp(d/10)-1 for late
-    predictions, d = predicted - true RUL in the challenge's unit (late costs more)."""
-    d = np.asarray(error, dtype=np.float64)
-    return float(np.sum(np.where(d < 0, np.exp(-d / 13.0) - 1.0, np.exp(np.minimum(d, 700.0) / 10.0) - 1.0)))
-
-
 def rul_metrics(
     true: Vector, pred: Vector, lower: Vector, upper: Vector, mean_life: float, *, cap_h: float | None = None
 ) -> dict[str, float]:
@@ -167,7 +161,7 @@ def evaluate_dir(
     folder: Path,
     *,
     detectors: Sequence[DetectorName] = ("pca", "mahalanobis", "knn", "ewma"),
-    ruls: Sequence[RulName] = ("gbm", "trend"),
+    ruls: Sequence[RulName] = ("gbm",),
     persistence: int = 3,
     grace_h: float = 24.0,
     rul_cap_share: float = 0.5,

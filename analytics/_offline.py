@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,6 @@ from analytics._mahalanobis import Mahalanobis
 from analytics._pca import PcaT2Q
 from analytics._regime import Codes, ConditionEncoder
 from analytics._rul_gbm import GbmRul
-from analytics._rul_trend import TrendRul
 from analytics._tabular import Table
 from analytics._threshold import Thresholded
 
@@ -34,7 +33,7 @@ __all__ = [
 ]
 
 DetectorName = Literal["pca", "mahalanobis", "knn", "iforest", "ewma"]
-RulName = Literal["gbm", "trend"]
+RulName = Literal["gbm"]
 
 
 DETECTORS: dict[str, Callable[..., Detector]] = {
@@ -59,9 +58,14 @@ def detector_name(detector: Detector) -> str:
     return next((n for n, cls in DETECTORS.items() if type(detector) is cls), type(detector).__name__.lower())
 
 
-def make_rul(name: RulName, coverage: float = 0.9, seed: int = 0) -> RulEstimator:
-    """A fresh RUL estimator by name."""
-    return GbmRul(coverage=coverage, seed=seed) if name == "gbm" else TrendRul(coverage=coverage, seed=seed)
+def make_rul(
+    name: RulName, coverage: float = 0.9, seed: int = 0, params: Mapping[str, Any] | None = None
+) -> RulEstimator:
+    """A fresh RUL estimator by name, with ``params`` for its other settings (``trend`` was removed: it never beat
+    ``gbm``, issue 13)."""
+    if name != "gbm":
+        raise DataError(f"unknown RUL model {name!r}: the one RUL model is gbm (trend was removed, issue 13)")
+    return GbmRul(coverage=coverage, seed=seed, **(params or {}))
 
 
 def default_features(table: Table, exclude: Sequence[str]) -> list[str]:
@@ -158,6 +162,7 @@ class RulModel:
         model: RulName = "gbm",
         coverage: float = 0.9,
         seed: int = 0,
+        params: Mapping[str, Any] | None = None,
     ) -> RulModel:
         table.need([unit, time], "unit/time")
         if by:
@@ -173,7 +178,7 @@ class RulModel:
         lives: dict[str, float] = {}
         for g in dict.fromkeys(groups.tolist()):
             runs = _runs(table, unit=unit, time=time, features=feats, codes=codes, rows=np.flatnonzero(groups == g))
-            est = make_rul(model, coverage, seed)
+            est = make_rul(model, coverage, seed, params)
             estimators[str(g)] = est.fit(runs, feats)
             lives[str(g)] = float(np.mean([r.time[-1] - r.time[0] for r in runs]))
         return cls(unit, time, feats, conds, by, estimators, lives)

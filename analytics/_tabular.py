@@ -7,6 +7,7 @@ the line as a text editor shows it (the header is line 1; comment and blank line
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -186,7 +187,11 @@ def _split(path: Path, text: str) -> tuple[list[list[str]], list[int]]:
 def read_table(path: Path, columns: Sequence[str] | None = None) -> Table:
     """Read ``path``; with ``columns`` the file has no header and these name its columns in order."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # A .gz export (as public run-to-failure sets ship) is read as the text inside it.
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"cannot read {path}: not gzip, or cut short ({exc})") from exc
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:

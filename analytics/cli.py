@@ -65,17 +65,22 @@ def rul_fit(
     condition: Annotated[str | None, typer.Option(help="Operating-condition columns COLS.")] = None,
     by: Annotated[str | None, typer.Option(help="Fit one model per value of this column (e.g. machine_type).")] = None,
     columns: ColsOpt = None,
-    model: Annotated[str, typer.Option(help="gbm (boosted quantiles) or trend (health-indicator trend).")] = "gbm",
+    model: Annotated[str, typer.Option(help="gbm: gradient boosting of the capped remaining life.")] = "gbm",
     coverage: Annotated[float, typer.Option(min=0.5, max=0.99, help="Prediction interval coverage.")] = 0.9,
     seed: int = 0,
 ) -> None:
     """Fit RUL models on run-to-failure histories; retraining is running this again (a new version)."""
-    from analytics import RulModel, read_table, save_model
+    from analytics import RulModel, cv_line, read_table, save_model
     from wearline.progress import progress
 
     settings_of(ctx, needs=OFFLINE)
-    if model not in ("gbm", "trend"):
-        raise typer.BadParameter(f"must be gbm or trend, not {model!r}", param_hint="--model")
+    if model == "trend":
+        raise typer.BadParameter(
+            "trend was removed: it never beat gbm (issue 13; docs/analytics.md, RUL models); use gbm",
+            param_hint="--model",
+        )
+    if model != "gbm":
+        raise typer.BadParameter(f"must be gbm, not {model!r}", param_hint="--model")
     check_output(out, "--out")
     with progress(f"reading {train.name}") as bar:
         table = read_table(train, _cols(columns) or None)
@@ -87,7 +92,7 @@ def rul_fit(
             features=_cols(features) or None,
             condition=_cols(condition),
             by=by,
-            model="gbm" if model == "gbm" else "trend",
+            model="gbm",
             coverage=coverage,
             seed=seed,
         )
@@ -105,12 +110,17 @@ def rul_fit(
             "features": fitted.features,
             "condition": fitted.conditions.columns,
             "by": by,
-            "groups": {g: {"mean_life_hours": round(v, 3)} for g, v in fitted.life_hours.items()},
+            "groups": {
+                g: {"mean_life_hours": round(v, 3), **fitted.estimators[g].summary()}
+                for g, v in fitted.life_hours.items()
+            },
         },
     )
     typer.echo(
         f"wrote {out} version {meta['version']}: {len(fitted.features)} features, groups {sorted(fitted.life_hours)}"
     )
+    for g in fitted.life_hours:
+        typer.echo(cv_line(g, fitted.estimators[g].summary(), time))
 
 
 @rul_app.command("predict")
@@ -333,10 +343,20 @@ def models_list(
 def eval_(
     ctx: typer.Context,
     data: Annotated[
-        Path, typer.Option(help="Folder with train.csv, train_truth.csv, test.csv, test_rul.csv, test_truth.csv.")
-    ],
+        Path | None,
+        typer.Option(help="Folder with train.csv, train_truth.csv, test.csv, test_rul.csv, test_truth.csv."),
+    ] = None,
+    cmapss: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead: a folder of run-to-failure files of C-MAPSS's shape (train_*.txt[.gz]); unit-wise "
+            "cross-validation of the RUL model on each."
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, help="With --cmapss: folds of units.")] = 5,
+    cuts: Annotated[int, typer.Option(min=1, help="With --cmapss: random cuts per held-out unit.")] = 3,
     detectors: Annotated[str, typer.Option(help="Detectors to compare COLS.")] = "pca,mahalanobis,knn,ewma",
-    models: Annotated[str, typer.Option(help="RUL models to compare COLS.")] = "gbm,trend",
+    models: Annotated[str, typer.Option(help="RUL models to compare COLS (gbm; empty for none).")] = "gbm",
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 3,
     grace_h: Annotated[float, typer.Option(help="An alarm this many hours after a fault ends still counts.")] = 24.0,
     rul_cap_share: Annotated[
@@ -362,13 +382,24 @@ def eval_(
     seed: int = 0,
 ) -> None:
     """Anomaly precision/recall/F1, false alarms per machine-day, detection delay; RUL RMSE, MAE, PHM08 score and
-    interval coverage on a held-out fleet: a table, then one JSON object as the last line."""
+    interval coverage on a held-out fleet (--data), or RUL figures cross-validated over the units of run-to-failure
+    files (--cmapss): a table, then one JSON object as the last line."""
     import json
 
-    from analytics import evaluate_dir
+    from analytics import evaluate_cmapss, evaluate_dir
     from wearline.progress import progress
 
     settings_of(ctx, needs=OFFLINE)
+    if (data is None) == (cmapss is None):
+        raise typer.BadParameter("give one of --data (a simulated fleet) or --cmapss (run-to-failure files)")
+    if "trend" in _cols(models):
+        raise typer.BadParameter("trend was removed: it never beat gbm (issue 13); use gbm", param_hint="--models")
+    if cmapss is not None:
+        with progress("reading") as bar:
+            cv = evaluate_cmapss(cmapss, folds=folds, cuts=cuts, seed=seed, echo=typer.echo, bar=bar)
+        typer.echo(json.dumps(cv, sort_keys=True, default=float))
+        return
+    assert data is not None
     with progress("reading") as bar:
         figures = evaluate_dir(
             data,

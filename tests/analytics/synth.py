@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,30 @@ def write_fleet(folder: Path, *, units: int = 8, seed: int = 0) -> None:
                 files["test_rul"].append(f"{name},{life - t[cut - 1]}")
     for n, lines in files.items():
         (folder / f"{n}.csv").write_text("\n".join(lines) + "\n")
+
+
+CMAPSS_POINTS = np.array([[0.0, 0.0, 100.0], [10.0, 0.25, 100.0], [20.0, 0.7, 100.0], [25.0, 0.62, 60.0],
+                          [35.0, 0.84, 100.0], [42.0, 0.84, 100.0]])  # fmt: skip
+"""Six operating points (two settings and a throttle angle), as C-MAPSS's multi-condition files have."""
+
+
+def write_cmapss(path: Path, *, units: int, seed: int, conditions: int = 6) -> None:
+    """A gzip file of C-MAPSS's shape (unit, cycle, three settings, 21 sensors; whitespace, no header): wear that
+    shows only after an onset, sensors offset per operating point, most sensors constant as in the real files."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(1, units + 1):
+        life = int(rng.uniform(120, 260))
+        onset = life * rng.uniform(0.3, 0.6)
+        for c in range(1, life + 1):
+            wear = max(0.0, (c - onset) / (life - onset)) ** 1.5
+            p = int(rng.integers(0, conditions))
+            setting = CMAPSS_POINTS[p] + [0.002 * rng.normal(), 0.0003 * rng.normal(), 0.0]
+            sensors = np.full(21, 10.0)
+            sensors[1] = 640 + 3 * p + 2.0 * wear + 0.3 * rng.normal()
+            sensors[2] = 1590 + 20 * p + 25 * wear + 4 * rng.normal()
+            sensors[6] = 550 - 5 * p - 3.0 * wear + 0.5 * rng.normal()
+            sensors[10] = 47 + 0.5 * p + 1.2 * wear + 0.2 * rng.normal()
+            values = [u, c, *setting, *sensors]
+            lines.append(" ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values) + " ")
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))

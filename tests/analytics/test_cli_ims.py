@@ -82,11 +82,10 @@ def _rul_file(tmp_path: Path) -> tuple[Path, Path, float]:
     return _write(tmp_path / "train.csv", out_rows), _write(tmp_path / "test.csv", cut), true_rul
 
 
-@pytest.mark.parametrize("model", ["gbm", "trend"])
-def test_rul_on_ims_gives_an_ordered_interval_per_unit(tmp_path: Path, model: str) -> None:
+def test_rul_on_ims_gives_an_ordered_interval_per_unit(tmp_path: Path) -> None:
     train, test, true_rul = _rul_file(tmp_path)
     path = tmp_path / "rul.model"
-    _ok(["rul", "fit", "--train", str(train), "--unit", "unit", "--time", "time", "--model", model, "--out", str(path)])
+    _ok(["rul", "fit", "--train", str(train), "--unit", "unit", "--time", "time", "--out", str(path)])
     meta = json.loads((tmp_path / "rul.model.json").read_text())
     assert meta["features"] == ["vmax", "vmed"]
     assert meta["version"]
@@ -138,7 +137,7 @@ def test_rul_fit_names_a_missing_unit_column_and_a_tampered_model(tmp_path: Path
     assert result.exit_code == 2
     assert "unit/time column(s) unit not found" in result.output
     model = tmp_path / "ok.model"
-    _ok(["rul", "fit", "--train", str(f), "--unit", "id", "--time", "t", "--model", "trend", "--out", str(model)])
+    _ok(["rul", "fit", "--train", str(f), "--unit", "id", "--time", "t", "--out", str(model)])
     model.write_bytes(model.read_bytes() + b"x")
     result = runner.invoke(app, ["rul", "predict", "--model", str(model), "--data", str(f)])
     assert result.exit_code == 2

@@ -19,7 +19,6 @@ from analytics import (
     RulEstimator,
     RunHistory,
     Thresholded,
-    TrendRul,
     clone,
 )
 from analytics._features import unit_feature_names, unit_features
@@ -38,7 +37,6 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
 }
 RULS: dict[str, Callable[[], RulEstimator]] = {
     "gbm": lambda: GbmRul(iterations=40, seed=3),
-    "trend": lambda: TrendRul(seed=3),
 }
 
 

@@ -59,7 +59,10 @@ def _small_rul(tmp_path: Path) -> RulModel:
         life = 60 + 10 * u
         rows += [f"u{u},{h},{h / life + rng.normal(0, 0.05):.4f},{rng.normal():.4f}" for h in range(life)]
     (tmp_path / "runs.csv").write_text("\n".join(rows) + "\n")
-    return RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time")
+    # Small (30 trees, 3 folds): the CLI processes below load the archive each time.
+    return RulModel.fit(
+        read_table(tmp_path / "runs.csv"), unit="unit", time="time", params={"iterations": 30, "folds": 3}
+    )
 
 
 def test_a_pickled_model_file_is_refused_and_never_run(tmp_path: Path) -> None:

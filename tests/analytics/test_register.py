@@ -18,6 +18,9 @@ from wearline.settings import Settings
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
 
 
+SMALL = {"iterations": 30, "folds": 3}
+
+
 def _model(tmp_path: Path, name: str, condition: str | None) -> Path:
     rng = np.random.default_rng(2)
     rows = ["unit,time,vib,temp,regime"]
@@ -31,6 +34,7 @@ def _model(tmp_path: Path, name: str, condition: str | None) -> Path:
         time="time",
         features=["vib", "temp"],
         condition=[condition] if condition else (),
+        params=SMALL,  # each `models register` loads the archive: a small model keeps the test to seconds
     )
     save_model(model, tmp_path / name, "rul", {"features": model.features, "condition": model.conditions.columns})
     return tmp_path / name

@@ -81,7 +81,7 @@ def _rul_model(tmp_path: Path, rng: np.random.Generator) -> RulModel:
             wear = _wear(h, life)
             runs.append(f"u{u},{h},{1.8 + 3 * wear + 0.05 * rng.normal()},{51 + 20 * wear},{75}")
     (tmp_path / "runs.csv").write_text("\n".join(runs) + "\n")
-    rul = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time", model="trend")
+    rul = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time")
     save_model(rul, tmp_path / "r.model", "rul", {})
     return rul
 
@@ -367,7 +367,7 @@ async def test_registered_models_read_their_condition_columns_from_the_readings(
     runs = ["unit,time,vibration_rms,bearing_temp,flow,load"]
     runs += [f"u{u},{h}," + ",".join(map(str, _regime_rows(u, h, 0.02, rng))) for u in range(4) for h in range(150)]
     (tmp_path / "runs.csv").write_text("\n".join(runs) + "\n")
-    rul = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time", condition=["load"], model="trend")
+    rul = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time", condition=["load"])
     save_model(dataclasses.replace(rul, estimators={"all": _Probe()}), tmp_path / "r.model", "rul", {})
     _Probe.seen.clear()
     hours = 40
