@@ -68,16 +68,34 @@ def make_rul(
     return GbmRul(coverage=coverage, seed=seed, **(params or {}))
 
 
+_NOT_SENSORS = frozenset(
+    {"", "index", "id", "time", "timestamp", "ts", "date", "datetime", "hour", "hours", "cycle", "cycles", "unit",
+     "unit_id", "machine", "machine_id", "engine", "run", "step"}
+)  # fmt: skip
+"""Column names that say time or identity, never a sensor: not taken as features unless named in ``--features``."""
+
+
 def default_features(table: Table, exclude: Sequence[str]) -> list[str]:
-    """Every numeric column not named in ``exclude`` and not an unnamed index column."""
+    """Every numeric column not named in ``exclude``, not an unnamed index column, not named like a time or unit
+    column (:data:`_NOT_SENSORS`) and not a counter (strictly increasing over the whole file: a clock or a row
+    number). A model that took the time as a feature would call every new row an anomaly (issue 13 item 5)."""
     out = [
         n
         for n in table.names
-        if n not in exclude and not n.startswith("column") and n.lower() not in {"index", ""} and table.is_numeric(n)
+        if n not in exclude
+        and not n.startswith("column")
+        and n.strip().lower() not in _NOT_SENSORS
+        and table.is_numeric(n)
+        and not _counter(table.numeric(n))
     ]
     if not out:
         raise DataError(f"{table.path}: no numeric feature columns besides {', '.join(exclude)}")
     return out
+
+
+def _counter(x: Vector) -> bool:
+    """True for a column of at least 3 values that rises at every row."""
+    return len(x) >= 3 and bool(np.all(np.diff(x) > 0))
 
 
 @dataclass
