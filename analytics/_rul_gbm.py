@@ -286,7 +286,7 @@ class GbmRul(RulEstimator):
         """What a model file's metadata states: the cap on the target, the early shift, the longest training life
         (no upper bound goes past it) and the cross-validated figures of :meth:`fit`."""
         return {
-            "rul_cap": round(self.cap_, 3),
+            "rul_cap": round(self.cap_, 3) if math.isfinite(self.cap_) else None,
             "early_shift": round(self.shift_, 3),
             "longest_life": round(self.max_life_, 3),
             "cross_validated": self.cv_,

@@ -62,5 +62,6 @@ def cv_line(group: str, summary: Mapping[str, object], time: str) -> str:
         f"{group}: cross-validated on {cv['units']:.0f} held-out units ({cv['cuts_per_unit']:.0f} random cuts each): "
         f"RMSE {cv['rmse']:.2f}, PHM08 {cv['phm08']:,.0f} (d in {time}), late {cv['late_share']:.0%}, "
         f"interval coverage {cv['coverage']:.2f}, lower bound <= truth {cv['lower_below_truth']:.2f}; "
-        f"target capped at {summary['rul_cap']}, shifted {summary['early_shift']} early"
+        + (f"target capped at {cap}" if (cap := summary.get("rul_cap")) is not None else "target not capped")
+        + f", shifted {summary['early_shift']} early"
     )

@@ -67,6 +67,14 @@ def rul_fit(
     columns: ColsOpt = None,
     model: Annotated[str, typer.Option(help="gbm: gradient boosting of the capped remaining life.")] = "gbm",
     coverage: Annotated[float, typer.Option(min=0.5, max=0.99, help="Prediction interval coverage.")] = 0.9,
+    cap_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Cap the remaining life the model learns at this share of the mean life (0: no cap); wear shows "
+            "only after an onset. Stated in the metadata as rul_cap.",
+        ),
+    ] = 0.6,
     seed: int = 0,
 ) -> None:
     """Fit RUL models on run-to-failure histories; retraining is running this again (a new version)."""
@@ -95,6 +103,7 @@ def rul_fit(
             model="gbm",
             coverage=coverage,
             seed=seed,
+            params={"cap_share": cap_share},
         )
     meta = save_model(
         fitted,

@@ -90,6 +90,11 @@ def test_rul_fit_states_its_cap_and_reports_cross_validated_figures(tmp_path: Pa
     assert cv["units"] == 10
     assert 0 < group["rul_cap"] < group["mean_life_hours"]
     assert group["early_shift"] >= 0
+    uncapped = tmp_path / "u.model"
+    result = runner.invoke(app, [*args, "--cap-share", "0", "--out", str(uncapped)])
+    assert result.exit_code == 0, result.output
+    assert "target not capped" in result.output
+    assert json.loads((tmp_path / "u.model.json").read_text())["groups"]["all"]["rul_cap"] is None
     result = runner.invoke(app, [*args, "--model", "trend", "--out", str(model)])
     assert result.exit_code == 2
     assert "trend was removed: it never beat gbm" in result.output
