@@ -75,6 +75,8 @@ def plant(schema: str) -> tuple[str, str, str]:
 def test_sign_in_acknowledge_a_ticket_and_see_it_change(plant: tuple[str, str, str]) -> None:
     schema, rw, ro = plant
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # Each action is a form post and a redirect; on a loaded 2-core machine one took over Playwright's default 5 s.
+    expect.set_options(timeout=30_000)
     with served_api(schema) as (port, _), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM)
         try:
