@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from simulators._fleet import FAULT_LABELS, Fleet, Frame
+from simulators._fleet import FAULT_LABELS, Fleet
 from simulators._scenario import MachineGroup, Scenario, load_scenario
 from wearline.progress import SILENT, Bar
 
@@ -61,7 +61,9 @@ def _allocate(groups: Sequence[MachineGroup], units: int) -> list[int]:
     return [int(x) for x in out]
 
 
-def _simulate_units(scenario: Scenario, units: int, seed: int, first_id: int, *, bar: Bar, what: str) -> list[_Unit]:
+def _simulate_units(
+    scenario: Scenario, units: int, seed: int, first_id: int, *, bar: Bar, what: str, samples_per_row: int = 1
+) -> list[_Unit]:
     counts = _allocate(scenario.groups, units)
     groups = tuple(
         MachineGroup(g.type, c, g.line, g.name, g.conditions, "continuous", g.life_scale, g.initial_age)
@@ -78,20 +80,38 @@ def _simulate_units(scenario: Scenario, units: int, seed: int, first_id: int, *,
     for k in range(last_k + 1):
         bar.advance()
         t = k * step_s
-        frames: Iterable[Frame] = fleet.step(t)
-        for fr in frames:
+        # With several samples per row, the row is their mean over the step that ends at t (what the worker's
+        # hourly rollup gives a model), its truth that of the step's end and its fault label any fault within.
+        times = (
+            [t]
+            if k == 0
+            else [t - (samples_per_row - 1 - j) * step_s / samples_per_row for j in range(samples_per_row)]
+        )
+        steps = [fleet.step(ts) for ts in times]
+        for i, fr in enumerate(steps[-1]):
             conds = fr.mtype.conditions
             modes = fr.mtype.modes
+            values = fr.values
+            code = fr.fault_code
+            if len(steps) > 1:
+                stack = np.stack([frames[i].values for frames in steps])
+                seen = np.isfinite(stack)
+                count = seen.sum(axis=0)
+                values = np.where(count > 0, np.where(seen, stack, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
+                codes = np.stack([frames[i].fault_code for frames in steps])
+                # A sensor fault in any sample labels the row, and wins over a degradation as in a snapshot row.
+                sensor = np.where((codes > 0) & (codes < len(FAULT_LABELS) - 1), codes, 0).max(axis=0)
+                code = np.where(sensor > 0, sensor, codes.max(axis=0))
             alive = np.nonzero(t <= fail[fr.machines])[0]
             for r in alive.tolist():
                 out[int(fr.machines[r])].rows.append(
                     (
                         t / 3600,
                         conds[fr.condition[r]].name,
-                        fr.values[r],
+                        values[r],
                         float(fr.health[r]),
                         float(fr.rul_h[r]),
-                        int(fr.fault_code[r]),
+                        int(code[r]),
                         modes[fr.failure_mode[r]].name,
                     )
                 )
@@ -137,6 +157,7 @@ def write_offline_dataset(
     seed: int,
     test_units: int | None = None,
     fault_rate_per_day: float | None = None,
+    samples_per_row: int = 1,
     bar: Bar = SILENT,
 ) -> OfflineDataset:
     """Simulate ``units`` run-to-failure histories (train) and ``test_units`` more (default: as many) cut short at
@@ -145,19 +166,25 @@ def write_offline_dataset(
     ``scenario`` is a :class:`Scenario` or a TOML file; its machine groups set the mix of types (units are split
     in proportion to the group counts), its ``[offline]`` table the step and life bounds. Train units are numbered
     ``1..units``, test units continue from there. ``fault_rate_per_day`` overrides the scenario's random sensor
-    faults. The same arguments always write the same files. ``bar`` shows the simulation's and the writing's
-    progress.
+    faults. With ``samples_per_row`` N > 1 each row is the mean of N samples over the step it ends (the hourly means
+    the analytics worker gives registered models), instead of one snapshot. The same arguments always write the
+    same files. ``bar`` shows the simulation's and the writing's progress.
     """
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(Path(scenario))
     if fault_rate_per_day is not None:
         sc = sc.replace(fault_rate_per_day=fault_rate_per_day)
     if units < 1:
         raise ValueError(f"units must be >= 1, got {units}")
+    if samples_per_row < 1:
+        raise ValueError(f"samples per row must be >= 1, got {samples_per_row}")
     n_test = units if test_units is None else test_units
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed).generate_state(3)
-    train = _simulate_units(sc, units, int(seeds[0]), 1, bar=bar, what="train")
-    test = _simulate_units(sc, n_test, int(seeds[1]), units + 1, bar=bar, what="test") if n_test > 0 else []
+    n = samples_per_row
+    train = _simulate_units(sc, units, int(seeds[0]), 1, bar=bar, what="train", samples_per_row=n)
+    test = (
+        _simulate_units(sc, n_test, int(seeds[1]), units + 1, bar=bar, what="test", samples_per_row=n) if n_test else []
+    )
     sensors: list[str] = []
     for u in (*train, *test):
         sensors.extend(s for s in u.sensors if s not in sensors)

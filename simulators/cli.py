@@ -84,6 +84,15 @@ def simulate(
         int | None, typer.Option(min=0, help="offline: truncated units in test.csv (default: --units).")
     ] = None,
     duration: Annotated[float, typer.Option(min=1, max=300, help="load: seconds to publish.")] = 20.0,
+    samples_per_row: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=3600,
+            help="offline: each row is the mean of this many samples over its hour (what the analytics worker "
+            "gives registered models), not one snapshot.",
+        ),
+    ] = 1,
 ) -> None:
     """Simulate a fleet: machines with physics, degradation, faults and gateways; ground truth on the side.
 
@@ -131,7 +140,9 @@ def simulate(
         check_output(out, "--out", folder=True)
         started = time.monotonic()
         with progress("simulating") as bar:
-            ds = write_offline_dataset(sc, out, units=units, seed=run_seed, test_units=test_units, bar=bar)
+            ds = write_offline_dataset(
+                sc, out, units=units, seed=run_seed, test_units=test_units, samples_per_row=samples_per_row, bar=bar
+            )
         typer.echo(
             f"wrote {ds.train_units} train units ({ds.train_rows} rows) and {ds.test_units} test units "
             f"({ds.test_rows} rows) to {out}/ in {time.monotonic() - started:.1f} s"
