@@ -149,7 +149,11 @@ async def connection(request: Request) -> AsyncIterator[Conn]:
         raise HTTPException(503, "the database is unavailable; retry shortly") from exc
 
 
-DbConn = Annotated[Conn, Depends(connection)]
+# scope="function": the pooled connection (and with it the transaction a handler left open) is given back, and so
+# committed, before the response is sent, not after: the board follows a redirect at once and API clients read
+# right after they write (with the default, request scope, the board once showed a ticket it had just
+# acknowledged still open).
+DbConn = Annotated[Conn, Depends(connection, scope="function")]
 
 
 async def scope(conn: DbConn, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Scope:
