@@ -1,6 +1,7 @@
 """Ingest: MQTT telemetry in, committed readings out; acknowledged to the broker only after commit."""
 
 from ingest._bench import BenchResult, run_bench
+from ingest._bench_peer import BenchExternal, check_bench_external, parse_bench_broker
 from ingest._dead_letters import (
     DeadLetterError,
     DeadLetterFilter,
@@ -31,6 +32,7 @@ from ingest._service import IngestSummary, run_ingest
 __all__ = [
     "PAYLOAD_REASONS",
     "RELOAD_HINT",
+    "BenchExternal",
     "BenchResult",
     "BrokerError",
     "DeadLetterError",
@@ -45,12 +47,14 @@ __all__ = [
     "StoredDeadLetter",
     "add_gateway",
     "broker_files",
+    "check_bench_external",
     "count_dead_letters",
     "dead_letter_summary",
     "get_dead_letter",
     "ingest_members",
     "list_dead_letters",
     "list_gateways",
+    "parse_bench_broker",
     "parse_time",
     "replay_dead_letters",
     "revoke_gateway",

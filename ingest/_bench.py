@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
-import os
 import queue
 import random
 import resource
@@ -33,6 +32,8 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
+from ingest._bench_cpu import BackendCpu, proc_cpu_s
+from ingest._bench_peer import BenchExternal, PeerCount, check_bench_external
 from wearline.db import connection_kwargs, migrate
 from wearline.errors import WearlineError
 from wearline.mosquitto import LocalBroker
@@ -79,6 +80,21 @@ class BenchResult:
     broker_cpu_s: float = 0.0
     payload: str = "json"
     """``json`` (the wire contract) or ``sparkplug`` (Sparkplug B, ingest as a host application)."""
+    messages: int = 0
+    """Messages published in the measured window (after the warm-up)."""
+    cpu_window_s: float = 0.0
+    """From the first measured publish until everything was committed (or the drain timed out)."""
+    cpu_s: dict[str, float | None] = field(default_factory=dict)
+    """CPU seconds over the window: ``ingest`` (all workers), ``peer`` (another service's processes),
+    ``broker``, ``database`` (see ``database_cpu``) and ``publisher``; None where not measured."""
+    cpu_us_per_message: dict[str, float | None] = field(default_factory=dict)
+    cpu_us_per_reading: dict[str, float | None] = field(default_factory=dict)
+    database_cpu: str = ""
+    """What ``cpu_s["database"]`` covers, or why it is None."""
+    broker: str = "own"
+    """``own`` (our Mosquitto, shipped configuration) or the external broker's HOST:PORT."""
+    committed_by: str = "wearline"
+    """``wearline`` (the workers' own count) or ``peer`` (the --count-sql query on another service's table)."""
 
 
 # --- broker ---------------------------------------------------------------------------------------------------
@@ -93,11 +109,6 @@ def own_broker() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
             yield broker.port, broker.proc
         finally:
             broker.stop()
-
-
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_use() -> ProcessUse:
@@ -231,8 +242,8 @@ class _RawPublisher:
     in one ``sendall`` and PUBACKs are counted in bulk, never more than ``window`` of them outstanding.
     """
 
-    def __init__(self, port: int, client_id: str, window: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, port: int, client_id: str, window: int, *, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         cid = client_id.encode()
         # Protocol name, level 5, clean start, keepalive 0 (no PINGREQ needed), no properties; client id.
@@ -342,6 +353,7 @@ class _RawPublisher:
 
 def _publisher(
     *,
+    host: str = "127.0.0.1",
     port: int,
     prefix: str,
     machines: int,
@@ -352,7 +364,7 @@ def _publisher(
     go: MpEvent,
     out: Any,
 ) -> None:
-    client = _RawPublisher(port, f"wlbench-pub-{uuid.uuid4().hex[:8]}", _MAX_IN_FLIGHT)
+    client = _RawPublisher(port, f"wlbench-pub-{uuid.uuid4().hex[:8]}", _MAX_IN_FLIGHT, host=host)
     topic_fields = []
     for i in range(machines):
         t = f"{prefix}/bench/site/line{i // 100}/m{i:05d}/telemetry".encode()
@@ -362,9 +374,11 @@ def _publisher(
     rng = random.Random(1)
     # Warm-up: one sample per machine, so that registering the fleet is not part of the measurement.
     zeros = orjson.dumps(dict.fromkeys(names, 0.0))
-    for start in range(0, machines, _BATCH):
+    # A broker's Receive Maximum may be below a batch (Debian's Mosquitto announces 20): a batch never fits then.
+    step = min(_BATCH, client.window)
+    for start in range(0, machines, step):
         batch = []
-        for i in range(start, min(machines, start + _BATCH)):
+        for i in range(start, min(machines, start + step)):
             last[i] = int(time.time() * 1000)
             batch.append((topic_fields[i], b'{"v":1,"ts":%d,"values":%s}' % (last[i], zeros)))
         while client.room() < len(batch):
@@ -455,14 +469,18 @@ def run_bench(
     drain_timeout_s: float = 120.0,
     cprofile_to: Path | None = None,
     sparkplug: bool = False,
+    external: BenchExternal | None = None,
 ) -> BenchResult:
     """One profile: start broker, schema and workers, publish for ``duration_s``, wait for the commits, measure.
 
     ``rate`` is messages per second offered (0: as fast as the publisher and the broker's acknowledgements allow).
     ``cprofile_to``: a directory where each worker writes its cProfile statistics (slows the workers down).
     ``sparkplug``: publish the fleet as Sparkplug B edge nodes instead of JSON (``ingest/_bench_sparkplug.py``).
+    ``external``: publish to a broker we did not start and, with a count query, count another service's rows
+    instead of running Wearline's workers (``ingest/_bench_peer.py``).
     Impossible options raise :class:`BenchOptionError` naming the command-line option, before anything starts.
     """
+    ext = external or BenchExternal()
     _check_options(
         workers=workers,
         machines=machines,
@@ -471,6 +489,10 @@ def run_bench(
         duration_s=duration_s,
         rate=rate,
     )
+    try:
+        check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile_to is not None)
+    except WearlineError as exc:
+        raise BenchOptionError(str(exc)) from exc
     with progress(f"profile {samples_per_message * sensors} readings/msg: starting") as bar:
         return _run(
             settings,
@@ -484,6 +506,7 @@ def run_bench(
             cprofile_to=cprofile_to,
             bar=bar,
             sparkplug=sparkplug,
+            ext=ext,
         )
 
 
@@ -507,6 +530,41 @@ def _check_options(
         raise BenchOptionError(f"--rate {rate:g}: must be a finite number of messages/s, or 0 for as fast as it can")
 
 
+@contextlib.contextmanager
+def _broker_for(ext: BenchExternal) -> Iterator[tuple[str, int, int | None]]:
+    """(host, port, pid whose CPU is the broker's, if known): our own Mosquitto, or the external one."""
+    if ext.broker is None:
+        with own_broker() as (port, proc):
+            yield "127.0.0.1", port, proc.pid
+    else:
+        yield ext.broker[0], ext.broker[1], ext.broker_pid
+
+
+class _Cpu:
+    """CPU seconds of named groups of processes between :meth:`start` and :meth:`stop` (``/proc``); None for a group
+    with no process (not running, or a pid not given) or one whose process ended meanwhile."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._groups = groups
+        self._start: dict[int, float | None] = {}
+
+    def start(self) -> None:
+        self._start = {pid: proc_cpu_s(pid) for pids in self._groups.values() for pid in pids}
+
+    def stop(self) -> dict[str, float | None]:
+        used: dict[str, float | None] = {}
+        for name, pids in self._groups.items():
+            total = 0.0
+            for pid in pids:
+                before, after = self._start.get(pid), proc_cpu_s(pid)
+                if before is None or after is None:
+                    total = math.nan
+                    break
+                total += after - before
+            used[name] = None if math.isnan(total) or not pids else round(total, 2)
+        return used
+
+
 def _run(
     settings: Settings,
     *,
@@ -520,27 +578,35 @@ def _run(
     cprofile_to: Path | None,
     bar: Bar,
     sparkplug: bool = False,
+    ext: BenchExternal,
 ) -> BenchResult:
     profile = f"{'sparkplug ' if sparkplug else ''}profile {samples_per_message * sensors} readings/msg"
     ctx = mp.get_context("spawn")
     schema = f"wlbench_{uuid.uuid4().hex[:8]}"
-    prefix = f"wlbench/{uuid.uuid4().hex[:6]}"
-    with own_broker() as (port, broker):
+    # Another service subscribes to a prefix it was configured with: the settings' own (WEARLINE_TOPIC_PREFIX).
+    prefix = settings.topic_prefix if ext.broker is not None else f"wlbench/{uuid.uuid4().hex[:6]}"
+    n_workers = 0 if ext.peer else workers
+    with _broker_for(ext) as (host, port, broker_pid), contextlib.ExitStack() as stack:
         run_settings = settings.model_copy(
             update={
                 "topic_prefix": prefix,
-                "mqtt": settings.mqtt.model_copy(update={"host": "127.0.0.1", "port": port, "tls": False}),
+                "mqtt": settings.mqtt.model_copy(
+                    update={"host": host, "port": port, "tls": settings.mqtt.tls if ext.broker else False}
+                ),
                 "database": settings.database.model_copy(update={"schema_name": schema}),
                 # The workers split one shared subscription, the scheme these figures were measured with.
                 "ingest": settings.ingest.model_copy(update={"subscription": "shared"}),
             }
         )
-        asyncio.run(migrate(run_settings.database))
+        if n_workers:
+            asyncio.run(migrate(run_settings.database))
+        peer_count = stack.enter_context(PeerCount(ext)) if ext.peer else None
+        peer_base = peer_count.value() if peer_count is not None else 0
         stop = ctx.Event()
         go = ctx.Event()
         out = ctx.Queue()
-        counters = [ctx.Value("q", 0) for _ in range(workers)]
-        ready = [ctx.Event() for _ in range(workers)]
+        counters = [ctx.Value("q", 0) for _ in range(n_workers)]
+        ready = [ctx.Event() for _ in range(n_workers)]
         measuring = ctx.Event()
         procs = [
             ctx.Process(
@@ -558,11 +624,13 @@ def _run(
                 },
                 name=f"ingest-{i}",
             )
-            for i in range(workers)
+            for i in range(n_workers)
         ]
+        publisher_kwargs: dict[str, object] = {"host": host} if not sparkplug else {}
         pub = ctx.Process(
             target=_sparkplug_publisher() if sparkplug else _publisher,
             kwargs={
+                **publisher_kwargs,
                 "port": port,
                 "prefix": prefix,
                 "machines": machines,
@@ -575,6 +643,17 @@ def _run(
             },
             name="publisher",
         )  # fmt: skip
+        peer_seen, peer_at = [peer_base], [0.0]
+
+        def committed() -> int:
+            if peer_count is None:
+                return sum(c.value for c in counters)
+            # A count over another service's table is a query: at most every 0.5 s.
+            if time.monotonic() - peer_at[0] >= 0.5:
+                peer_seen[0] = peer_count.value()
+                peer_at[0] = time.monotonic()
+            return peer_seen[0] - peer_base
+
         try:
             for p in procs:
                 p.start()
@@ -588,32 +667,51 @@ def _run(
             # towards loss.
             warm_expected = machines * sensors
             deadline = time.monotonic() + 20
-            while sum(c.value for c in counters) < warm_expected and time.monotonic() < deadline:
+            while committed() < warm_expected and time.monotonic() < deadline:
                 time.sleep(0.05)
-            warm_committed = sum(c.value for c in counters)
+            warm_committed = committed()
             if warm_committed < warm_expected:
                 log.warning(
                     "warm-up: %d of %d readings committed before the clock started", warm_committed, warm_expected
                 )
             measuring.set()
-            broker_cpu0 = _proc_cpu_s(broker.pid)
+            cpu = _Cpu(
+                {
+                    "ingest": [p.pid for p in procs if p.pid is not None],
+                    "peer": list(ext.peer_pids),
+                    "broker": [broker_pid] if broker_pid is not None else [],
+                    "publisher": [pub.pid] if pub.pid is not None else [],
+                }
+            )
+            backends = BackendCpu(
+                settings.database.dsn if peer_count is None else str(ext.count_dsn),
+                [p.pid for p in procs if p.pid is not None] or list(ext.peer_pids),
+            )
+            cpu.start()
+            if procs or ext.peer_pids:
+                backends.start()
             t0 = time.monotonic()
             go.set()
             published_msgs, publish_s, pub_use = None, 0.0, ProcessUse(0, 0)
             results: list[tuple[str, list[float], dict[str, float]]] = []
-            item = _publisher_report(out, bar, f"{profile}: publishing", duration_s)
+            item = _publisher_report(out, bar, f"{profile}: publishing", duration_s, backends.poll)
             _, published_msgs, publish_s, pub_dict = item
             pub_use = ProcessUse(**pub_dict)
             expected = warm_expected + published_msgs * samples_per_message * sensors
             deadline = time.monotonic() + drain_timeout_s
-            shown = sum(c.value for c in counters)
+            shown = committed()
             bar.phase(f"{profile}: waiting for the last commits", total=expected - shown)
-            while (now := sum(c.value for c in counters)) < expected and time.monotonic() < deadline:
+            while (now := committed()) < expected and time.monotonic() < deadline:
                 bar.advance(now - shown)
                 shown = now
+                backends.poll()
                 time.sleep(0.05)
             all_committed_s = time.monotonic() - t0
-            broker_cpu = _proc_cpu_s(broker.pid) - broker_cpu0
+            if peer_count is not None:
+                peer_seen[0] = peer_count.value()
+            used = cpu.stop()
+            db_cpu = backends.stop()
+            used["database"] = None if db_cpu is None else round(db_cpu, 2)
             stop.set()
             for _ in procs:
                 results.append(out.get(timeout=60))
@@ -626,30 +724,54 @@ def _run(
                 if p.is_alive():
                     p.terminate()
                     p.join(5)
-            _drop_schema(settings, schema)
-    committed = sum(c.value for c in counters)
+            if n_workers:
+                _drop_schema(settings, schema)
+    committed_total = committed() if peer_count is None else peer_seen[0] - peer_base
     latencies = sorted(x for _, lat, _ in results for x in lat)
     offered = published_msgs * samples_per_message * sensors / publish_s if publish_s else 0.0
+    readings = published_msgs * samples_per_message * sensors
+    if backends.why_not is None and used["database"] is not None:
+        n = backends.backends
+        whose = "peer's" if peer_count else "workers'"
+        database_cpu = (
+            f"{n} PostgreSQL backend{'s' if n != 1 else ''} serving the {whose} "
+            "connections (pg_stat_activity client ports); WAL writer, checkpointer and autovacuum not included"
+        )
+    else:
+        database_cpu = f"not measured: {backends.why_not or 'no process given to find its connections'}"
     return BenchResult(
         profile_readings_per_message=samples_per_message * sensors,
-        workers=workers,
+        workers=n_workers,
         protocol=settings.mqtt.protocol,
         machines=machines,
         sensors=sensors,
         duration_s=round(publish_s, 2),
         offered_readings_per_s=round(offered),
-        committed_readings_per_s=round((committed - warm_committed) / all_committed_s),
+        committed_readings_per_s=round((committed_total - warm_committed) / all_committed_s),
         published_readings=expected,
-        committed_readings=committed,
-        lost_readings=expected - committed,
+        committed_readings=committed_total,
+        lost_readings=expected - committed_total,
         latency_p50_ms=round(_percentile(latencies, 0.50), 1),
         latency_p95_ms=round(_percentile(latencies, 0.95), 1),
         latency_p99_ms=round(_percentile(latencies, 0.99), 1),
         publisher=pub_use,
         workers_use=[ProcessUse(**use) for _, _, use in results],
-        broker_cpu_s=round(broker_cpu, 2),
+        broker_cpu_s=round(used.get("broker") or 0.0, 2),
         payload="sparkplug" if sparkplug else "json",
+        messages=published_msgs,
+        cpu_window_s=round(all_committed_s, 2),
+        cpu_s=used,
+        cpu_us_per_message=_per(used, published_msgs),
+        cpu_us_per_reading=_per(used, readings),
+        database_cpu=database_cpu,
+        broker=ext.broker_label(),
+        committed_by="peer" if peer_count is not None else "wearline",
     )
+
+
+def _per(used: dict[str, float | None], n: int) -> dict[str, float | None]:
+    """Microseconds of CPU per unit, for each process group measured."""
+    return {k: (round(v / n * 1e6, 2) if v is not None and n else None) for k, v in used.items()}
 
 
 def _sparkplug_publisher() -> Any:
@@ -664,8 +786,8 @@ def _sparkplug_settings(settings: Settings, worker: int, workers: int) -> Settin
     return sparkplug_worker_settings(settings, worker, workers)
 
 
-def _publisher_report(out: Any, bar: Bar, what: str, duration_s: float) -> Any:
-    """The publisher's closing report; the bar follows the publishing time meanwhile."""
+def _publisher_report(out: Any, bar: Bar, what: str, duration_s: float, tick: Callable[[], None]) -> Any:
+    """The publisher's closing report; the bar follows the publishing time meanwhile, and ``tick`` runs."""
     bar.phase(what, total=duration_s)
     started = time.monotonic()
     shown = 0.0
@@ -677,6 +799,7 @@ def _publisher_report(out: Any, bar: Bar, what: str, duration_s: float) -> Any:
             if elapsed > duration_s + 600:
                 raise RuntimeError(f"the publisher did not report within {duration_s + 600:.0f} s") from None
             now = min(elapsed, duration_s)
+            tick()
             bar.advance(now - shown)
             shown = now
 

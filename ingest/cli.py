@@ -60,16 +60,42 @@ def bench_ingest(
     sparkplug: Annotated[
         bool, typer.Option(help="Also run each profile as Sparkplug B edge nodes (DDATA by alias), beside JSON.")
     ] = False,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of a broker to publish to instead of our own (topics under topic_prefix)."),
+    ] = None,
+    broker_pid: Annotated[int | None, typer.Option(help="That broker's process, for its CPU (same machine).")] = None,
+    count_dsn: Annotated[
+        str | None, typer.Option(help="Database of another service to count committed readings in (with --count-sql).")
+    ] = None,
+    count_sql: Annotated[
+        str | None,
+        typer.Option(help="Query answering the other service's readings so far, e.g. SELECT count(*) FROM t."),
+    ] = None,
+    peer_pid: Annotated[
+        list[int] | None, typer.Option(help="A process of the other service, for its CPU and its database backends.")
+    ] = None,
 ) -> None:
     """Start WORKERS ingest processes, our own Mosquitto (shipped config) and schema; publish from another process.
 
-    Prints offered and committed readings/s side by side, latency percentiles, CPU per process, peak RSS per worker
-    and loss, then one JSON line with every figure. Broker protocol and batching come from the settings
-    (``WEARLINE_MQTT__PROTOCOL``, ``WEARLINE_INGEST__*``).
+    Prints offered and committed readings/s side by side, latency percentiles, CPU per process and per message
+    (workers, broker, database backends, publisher), peak RSS per worker and loss, then one JSON line with every
+    figure. Broker protocol and batching come from the settings (``WEARLINE_MQTT__PROTOCOL``,
+    ``WEARLINE_INGEST__*``). With ``--broker``, ``--count-dsn`` and ``--count-sql`` the same publisher measures
+    another service (Node-RED, Telegraf) instead of Wearline's workers: see docs/ingest.md.
     """
-    from ingest import run_bench
+    from ingest import BenchExternal, check_bench_external, parse_bench_broker, run_bench
 
     settings = settings_of(ctx)
+    ext = BenchExternal(
+        broker=parse_bench_broker(broker) if broker is not None else None,
+        broker_pid=broker_pid,
+        count_dsn=count_dsn,
+        count_sql=count_sql,
+        peer_pids=tuple(peer_pid or ()),
+    )
+    # Before any profile runs: a refusal must not come after a first profile's minute of publishing.
+    check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile is not None)
     profiles = profile or [10, 100]
     for p in profiles:
         if p % sensors:
@@ -79,7 +105,13 @@ def bench_ingest(
         f"settings: workers={workers} machines={machines} sensors={sensors} profiles={profiles} duration={duration}s "
         f"rate={rate or 'max'} msg/s protocol=MQTT {settings.mqtt.protocol} batch_max_messages={ing.batch_max_messages} "
         f"batch_max_delay_ms={ing.batch_max_delay_ms} receive_maximum={ing.receive_maximum} "
-        f"database={settings.database.dsn.split('@')[-1]} (own schema) broker=own mosquitto, shipped config"
+        f"database={settings.database.dsn.split('@')[-1]} (own schema) "
+        + (
+            f"broker={ext.broker_label()} prefix={settings.topic_prefix}"
+            if ext.broker
+            else "broker=own mosquitto, shipped config"
+        )
+        + (" committed=counted by --count-sql (no Wearline worker)" if ext.peer else "")
     )
     results = []
     for p, spb in [(p, spb) for p in profiles for spb in ([False, True] if sparkplug else [False])]:
@@ -93,12 +125,17 @@ def bench_ingest(
             rate=rate,
             cprofile_to=cprofile,
             sparkplug=spb,
+            external=ext,
         )
         results.append(r)
+        latency = (
+            "latency not measured (the other service's commit times are unknown)"
+            if ext.peer
+            else f"latency p50/p95/p99 {r.latency_p50_ms:.0f}/{r.latency_p95_ms:.0f}/{r.latency_p99_ms:.0f} ms"
+        )
         typer.echo(
             f"{'sparkplug ' if spb else ''}profile {p:>4} readings/msg: offered {r.offered_readings_per_s:>9,.0f}/s  committed "
-            f"{r.committed_readings_per_s:>9,.0f}/s  latency p50/p95/p99 {r.latency_p50_ms:.0f}/{r.latency_p95_ms:.0f}/"
-            f"{r.latency_p99_ms:.0f} ms  lost {r.lost_readings}"
+            f"{r.committed_readings_per_s:>9,.0f}/s  {latency}  lost {r.lost_readings}"
         )
         typer.echo(
             f"  cpu: publisher {r.publisher.cpu_s:.1f} s, broker {r.broker_cpu_s:.1f} s, workers "
@@ -106,6 +143,15 @@ def bench_ingest(
                 f"{w.cpu_s:.1f} s (peak RSS {w.peak_rss_mb:.0f} MB, {w.readings_per_batch:.0f} readings/batch)"
                 for w in r.workers_use
             )
+        )
+        typer.echo(
+            f"  cpu per message (us) over {r.cpu_window_s:.1f} s, {r.messages:,} messages: "
+            + ", ".join(
+                f"{k} {v:.1f} ({r.cpu_us_per_reading[k]:.2f}/reading)"
+                for k, v in r.cpu_us_per_message.items()
+                if v is not None
+            )
+            + f"; database: {r.database_cpu}"
         )
     typer.echo(json.dumps({"bench": "ingest", "results": [asdict(r) for r in results]}))
 

@@ -33,6 +33,15 @@ CASES = [
     (("ingest", "--rate", "-1"), "--rate"),
     (("ingest", "--rate", "inf"), "--rate"),
     (("ingest", "--duration", "inf"), "--duration"),
+    # bench ingest against another service (issue 17 item 3): refused before anything is published; the other
+    # refusals of these options are checked in-process in tests/ingest/test_bench_peer.py
+    (("ingest", "--broker", "localhost"), "--broker"),
+    (("ingest", "--count-sql", "SELECT 1"), "--count-sql"),
+    (("ingest", "--broker", TEST_MQTT, "--sparkplug"), "--sparkplug"),
+    (
+        ("ingest", "--broker", TEST_MQTT, "--count-dsn", TEST_DSN, "--count-sql", "SELECT count(*) FROM no_such"),
+        "--count-sql",
+    ),
     # bench dashboards: a fleet of none, or dashboards that are not there, before any schema is loaded
     (("dashboards", "--machines", "0"), "--machines"),
     (("dashboards", "--repeat", "0"), "--repeat"),
