@@ -53,6 +53,10 @@ class _Machine:
     breaches: dict[str, Any]
     thresholds: list[ThresholdRule]
     silence: SilenceRule | None
+    # Set by ingest when the machine's Sparkplug device or edge node reported its death (DDEATH, NDEATH), cleared
+    # by its next birth; ``node_dead`` says which (the edge node's own machine, named after its line, went too).
+    offline_since: datetime | None = None
+    node_dead: bool = False
     judged: bool = False  # its breaches were judged this pass: its row needs writing
 
 
@@ -88,7 +92,10 @@ async def watch_readings(
 async def _watched(conn: psycopg.AsyncConnection[Any], rules: RuleSet) -> list[_Machine]:
     cur = await conn.execute(
         """SELECT m.machine_id, m.line_id, m.tenant_id, mt.name, t.name, s.name, l.name, m.name,
-                  rw.checked_through, rw.interval_s, nullif(rw.breaches, '{}')
+                  rw.checked_through, rw.interval_s, nullif(rw.breaches, '{}'), m.offline_since,
+                  CASE WHEN m.offline_since IS NOT NULL THEN EXISTS (
+                      SELECT FROM machines n WHERE n.line_id = m.line_id AND n.name = l.name
+                                              AND n.offline_since IS NOT NULL) END
            FROM machines m LEFT JOIN machine_types mt ON mt.type_id = m.type_id
            JOIN lines l ON l.line_id = m.line_id JOIN sites s ON s.site_id = l.site_id
            JOIN tenants t ON t.tenant_id = m.tenant_id
@@ -108,6 +115,8 @@ async def _watched(conn: psycopg.AsyncConnection[Any], rules: RuleSet) -> list[_
         through,
         interval,
         breaches,
+        offline_since,
+        node_dead,
     ) in await cur.fetchall():
         mine = rules.for_machine(tenant, site, line, name, mtype)
         # By kind, not isinstance: a pydantic model's isinstance check is slow enough to show over a fleet.
@@ -117,7 +126,19 @@ async def _watched(conn: psycopg.AsyncConnection[Any], rules: RuleSet) -> list[_
             path = (tenant, site, line, name)
             # Most machines breach nothing: their empty state comes back as NULL, not as JSON to decode.
             out.append(
-                _Machine(machine_id, line_id, tenant_id, path, through, interval, breaches or {}, thresholds, silence)
+                _Machine(
+                    machine_id,
+                    line_id,
+                    tenant_id,
+                    path,
+                    through,
+                    interval,
+                    breaches or {},
+                    thresholds,
+                    silence,
+                    offline_since,
+                    bool(node_dead),
+                )
             )
     return out
 
@@ -340,7 +361,9 @@ async def _silence(
     now: datetime,
 ) -> int:
     """Machines (and whole lines) whose newest reading is older than their rule allows, measured from the newer
-    of the database's clock and the tenant's newest reading (a simulated fleet may run ahead of the clock)."""
+    of the database's clock and the tenant's newest reading (a simulated fleet may run ahead of the clock), and
+    machines whose Sparkplug device or edge node reported its death: those are silent at once, whatever their
+    usual interval, since the gateway itself said no data will come."""
     newest: dict[int, datetime] = {}
     for m in machines:
         if m.checked_through is not None:
@@ -348,10 +371,16 @@ async def _silence(
     silent: dict[int, list[_Machine]] = {}
     watched: dict[int, int] = {}
     for m in machines:
-        if m.silence is None or m.checked_through is None or m.interval_s is None:
+        if m.silence is None:
+            continue
+        if m.offline_since is not None:
+            watched[m.line_id] = watched.get(m.line_id, 0) + 1
+            silent.setdefault(m.line_id, []).append(m)
+            continue
+        if m.checked_through is None or m.interval_s is None:
             continue
         watched[m.line_id] = watched.get(m.line_id, 0) + 1
-        quiet = (max(now, newest[m.tenant_id]) - m.checked_through).total_seconds()
+        quiet = (max(now, newest.get(m.tenant_id, now)) - m.checked_through).total_seconds()
         if quiet > max(m.silence.factor * m.interval_s, m.silence.min_s):
             silent.setdefault(m.line_id, []).append(m)
     opened = 0
@@ -361,7 +390,7 @@ async def _silence(
             (r for r in rules.for_machine(tenant, site, line, None, None) if isinstance(r, SilenceRule)), None
         )
         if line_rule is not None and len(dark) == watched[line_id] and len(dark) > 1:
-            last = max(m.checked_through for m in dark if m.checked_through)
+            last = max((m.checked_through for m in dark if m.checked_through), default=None)
             opened += await _file_silence(
                 conn,
                 settings=settings,
@@ -372,11 +401,11 @@ async def _silence(
                 last=last,
                 now=now,
                 machines=len(dark),
+                death=_death(dark, gateway=True),
             )
             continue
         for m in dark:
             assert m.silence is not None
-            assert m.checked_through is not None
             opened += await _file_silence(
                 conn,
                 settings=settings,
@@ -387,8 +416,32 @@ async def _silence(
                 last=m.checked_through,
                 now=now,
                 machines=1,
+                death=_death([m], gateway=False),
             )
     return opened
+
+
+@dataclass(frozen=True)
+class _Death:
+    """A Sparkplug death behind a silence: who reported it, and the earliest such time among the machines."""
+
+    who: str  # "edge node" or "device"
+    name: str
+    at: datetime
+
+
+def _death(dark: list[_Machine], *, gateway: bool) -> _Death | None:
+    """The Sparkplug death that makes ``dark`` silent, if every one of them is offline (a line whose machines went
+    quiet in part by death, in part by plain silence, is plain silence)."""
+    if not dark or any(m.offline_since is None for m in dark):
+        return None
+    at = min(m.offline_since for m in dark if m.offline_since is not None)
+    _, _, line, machine = dark[0].path
+    # NDEATH marks every machine of the edge node's line, its own (named after the line) included; DDEATH only its
+    # device's. A gateway ticket covers the whole line, so only the edge node's death explains it.
+    if gateway or all(m.node_dead for m in dark):
+        return _Death("edge node", line, at)
+    return _Death("device", machine, at)
 
 
 async def silent_machines(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -412,12 +465,32 @@ async def _file_silence(
     machine_id: int | None,
     m: _Machine,
     what: str,
-    last: datetime,
+    last: datetime | None,
     now: datetime,
     machines: int,
+    death: _Death | None,
 ) -> int:
-    if await live_ticket(conn, m.line_id, machine_id, rule.name):
+    at = max(now, last) if last is not None else now
+    if death is not None:
+        # Still dead: the ticket stays seen, so it resolves only once readings run past the hold after the birth.
+        if await still_seen(conn, m.line_id, machine_id, rule.name, at):
+            return 0
+    elif await live_ticket(conn, m.line_id, machine_id, rule.name):
         return 0  # already reported; it resolves once readings are back for the hold period
+    details: dict[str, Any] = {
+        "last_reading": last.isoformat() if last is not None else None,
+        "usual_interval_s": m.interval_s,
+        "machines": machines,
+    }
+    if death is None:
+        assert last is not None
+        title = f"No data from {what} since {last:%Y-%m-%d %H:%M:%S}"
+    else:
+        title = (
+            f"No data from {what}: Sparkplug {death.who} {death.name} reported its death at "
+            f"{death.at:%Y-%m-%d %H:%M:%S}"
+        )
+        details["sparkplug_death"] = {"reported_by": death.who, "name": death.name, "at": death.at.isoformat()}
     ev = Evidence(
         machine_id=machine_id,
         line_id=m.line_id,
@@ -425,10 +498,10 @@ async def _file_silence(
         reason=rule.name,
         source="silence",
         kind="corrective",
-        at=max(now, last),
+        at=at,
         priority=rule.priority,
-        title=f"No data from {what} since {last:%Y-%m-%d %H:%M:%S}",
-        details={"last_reading": last.isoformat(), "usual_interval_s": m.interval_s, "machines": machines},
+        title=title,
+        details=details,
         team=team_for(settings.teams, *m.path[:3]),
     )
     filed = await file_evidence(conn, ev, settings, now=now)

@@ -241,6 +241,67 @@ async def test_a_silent_machine_gets_a_ticket_and_a_silent_gateway_one_for_its_l
     assert await silent_machines(conn) == 2, "a resolved ticket covers nobody"
 
 
+async def offline(conn: Conn, machine_id: int, since: datetime | None) -> None:
+    """What ingest writes on a Sparkplug DDEATH or NDEATH (the time of the death), and clears on the next birth."""
+    await conn.execute("UPDATE machines SET offline_since = %s WHERE machine_id = %s", [since, machine_id])
+
+
+async def test_a_sparkplug_death_is_silence_at_once_until_data_flows_again(conn: Conn, tmp_path: Path) -> None:
+    """Every machine sends every 10 s up to the pass: by the interval rule none is silent. pump-2's device and
+    line-1's edge node report their deaths (ingest's offline_since), and their tickets open at the next pass naming
+    the death; readings while still marked dead keep them open, and they resolve once the birth cleared the mark
+    and readings ran past the hold."""
+    s, rules = rules_from(tmp_path, SILENCE)
+    ids = {n: await machine(conn, n) for n in ("pump-1a", "pump-1b", "pump-2", "fan-9")}
+    for machine_id in ids.values():
+        await readings(conn, machine_id, T0, 10, [1.0] * 360)
+    now = T0 + timedelta(seconds=3600)
+    await watch(conn, s, rules, now)
+    assert await all_tickets(conn) == [], "10 s of quiet is not silence"
+    died = T0 + timedelta(seconds=3595)
+    await offline(conn, ids["pump-2"], died)
+    await watch(conn, s, rules, now + timedelta(seconds=1))
+    [ticket] = await all_tickets(conn)
+    assert (ticket.machine, ticket.reason, ticket.kind) == ("plant-a/line-2/pump-2", "no-data", "corrective")
+    assert "Sparkplug device pump-2 reported its death at 2026-06-01 08:59:55" in ticket.title
+    assert ticket.details["sparkplug_death"] == {"reported_by": "device", "name": "pump-2", "at": died.isoformat()}
+    _, history = await alerts.ticket_history(conn, ticket.ticket_id)
+    assert "reported its death" in history[0].why
+    # The edge node of line-1 dies: every machine of its line is marked, one ticket for the gateway.
+    for name in ("pump-1a", "pump-1b"):
+        await offline(conn, ids[name], died + timedelta(seconds=3))
+    await watch(conn, s, rules, now + timedelta(seconds=2))
+    found = {t.machine: t for t in await all_tickets(conn)}
+    assert set(found) == {"plant-a/line-2/pump-2", "plant-a/line-1/"}
+    gateway = found["plant-a/line-1/"]
+    assert "Sparkplug edge node line-1 reported its death at 2026-06-01 08:59:58" in gateway.title
+    assert gateway.details["machines"] == 2
+    assert await silent_machines(conn) == 3
+    # Readings of pump-2 over ten times the hold while it is still marked dead (fan-9, a JSON machine, sends on):
+    # no resolution, no new ticket, no occurrence per pass.
+    hold = timedelta(seconds=s.resolve_hold_s)
+    for k in range(10):
+        start = now + k * hold + timedelta(seconds=10)
+        for name in ("pump-2", "fan-9"):
+            await readings(conn, ids[name], start, 10, [1.0] * 60)
+        await watch(conn, s, rules, start + hold - timedelta(seconds=10))
+    found = {t.machine: t for t in await all_tickets(conn)}
+    assert {m: (t.status, t.occurrences) for m, t in found.items()} == {
+        "plant-a/line-2/pump-2": ("open", 1),
+        "plant-a/line-1/": ("open", 1),
+    }
+    # The births clear the marks; once readings run past the hold, both resolve as plain silence does.
+    later = now + 10 * hold
+    for name in ("pump-1a", "pump-1b", "pump-2"):
+        await offline(conn, ids[name], None)
+    for machine_id in ids.values():
+        await readings(conn, machine_id, later + timedelta(seconds=10), 10, [1.0] * 70)
+    await watch(conn, s, rules, later + timedelta(seconds=700))
+    status = {t.machine: t.status for t in await all_tickets(conn)}
+    assert status == {"plant-a/line-2/pump-2": "resolved", "plant-a/line-1/": "resolved"}
+    assert await silent_machines(conn) == 0
+
+
 async def test_the_worker_exports_how_many_machines_are_silent(migrated: Settings, conn: Conn, tmp_path: Path) -> None:
     """wearline_alerts_silent_machines, what Prometheus's WearlineMachinesSilent reads: line-1's gateway (two
     machines) and pump-2 went quiet 20 minutes ago, fan-9 still sends."""
