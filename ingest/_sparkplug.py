@@ -99,6 +99,13 @@ class SparkplugMetrics:
             ["state"],
             registry=registry,
         )
+        self.machines = Gauge(
+            "wearline_ingest_sparkplug_machines",
+            "Machines of the edge nodes this worker knows (each node's own and its devices), by state (offline: "
+            "its device or edge node died, or its device awaits its birth after the node's).",
+            ["state"],
+            registry=registry,
+        )
 
 
 @dataclass
@@ -200,6 +207,17 @@ class Sessions:
         self._tally: Tally[tuple[str, str]] = Tally()
         metrics.nodes.labels("online").set_function(lambda: sum(n.born for n in self._committed.values()))
         metrics.nodes.labels("offline").set_function(lambda: sum(not n.born for n in self._committed.values()))
+        metrics.machines.labels("online").set_function(lambda: self._machines(online=True))
+        metrics.machines.labels("offline").set_function(lambda: self._machines(online=False))
+
+    def _machines(self, *, online: bool) -> int:
+        """Machines of the committed sessions in that state: a node's own machine exists once it was born (it keeps
+        its bdSeq after its death), a device's once its DBIRTH came (an NDEATH or NBIRTH sets every device unborn)."""
+        n = 0
+        for node in list(self._committed.values()):
+            n += node.bdseq is not None and node.born == online
+            n += sum(born == online for born in node.devices.values())
+        return n
 
     # --- the batch protocol -------------------------------------------------------------------------------------
     def begin(self) -> None:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -22,13 +23,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client import CollectorRegistry
 
+import alerts
 from ingest import run_bench
 from simulators import GatewaySpec, MachineGroup, Scenario, publish_fleet
 from tests.conftest import make_settings, unique
 from tests.ingest._support import ingest_env
 from tests.ingest.sparkplug_support import EdgeNode, by_alias, double, host, query, wait_until
-from wearline.db import migrate
-from wearline.settings import Settings
+from wearline.db import connect, migrate
+from wearline.settings import AlertsSettings, Settings
 from wearline.sparkplug import DataType, Metric, state_topic
 
 TENANT, SITE = "acme", "plant1"
@@ -87,6 +89,14 @@ def counter(registry: CollectorRegistry, name: str, **labels: str) -> float:
 def offline(schema: str) -> dict[str, bool]:
     """Machine name -> whether it is marked offline."""
     return {str(n): o is not None for n, o in query(schema, "SELECT name, offline_since FROM machines")}
+
+
+def machines_gauge(registry: CollectorRegistry) -> dict[str, float | None]:
+    """wearline_ingest_sparkplug_machines by state."""
+    return {
+        st: registry.get_sample_value("wearline_ingest_sparkplug_machines", {"state": st})
+        for st in ("online", "offline")
+    }
 
 
 def retained_state(settings: Settings, timeout_s: float = 5.0) -> dict[str, object] | None:
@@ -268,15 +278,18 @@ async def test_message_ordering_reordered_within_the_timeout(schema: str) -> Non
 async def test_edge_session_termination_ndeath_matching_and_stale_bdseq(sp_settings: Settings, edge: EdgeNode) -> None:
     schema = sp_settings.database.schema_name
     async with host(sp_settings) as registry:
+        assert machines_gauge(registry) == {"online": 0, "offline": 0}, "both series before the first birth"
         await asyncio.to_thread(_births, edge)
         await wait_until(lambda: len(offline(schema)) == 2)
         await asyncio.to_thread(edge.ndeath, 5)  # the Will of an earlier connection: not this session's
         await wait_until(lambda: counter(registry, "wearline_ingest_sparkplug_stale_deaths_total") == 1)
         assert offline(schema) == {"gw-1": False, "pump-1": False}
         assert query(schema, "SELECT online FROM sparkplug_nodes") == [(True,)]
+        assert machines_gauge(registry) == {"online": 2, "offline": 0}
         await asyncio.to_thread(edge.ndeath, 0)
         await wait_until(lambda: offline(schema) == {"gw-1": True, "pump-1": True})
         assert query(schema, "SELECT online FROM sparkplug_nodes") == [(False,)]
+        assert machines_gauge(registry) == {"online": 0, "offline": 2}
         # Data after the death is data without a birth.
         await asyncio.to_thread(edge.send, "DDATA", [by_alias(10, 1.0)], seq=2, device="pump-1")
         await wait_until(lambda: [r for r, _ in dead_letters(schema)] == ["sparkplug_unborn"])
@@ -284,19 +297,51 @@ async def test_edge_session_termination_ndeath_matching_and_stale_bdseq(sp_setti
         # A new session brings the machines back.
         await asyncio.to_thread(_births, edge)
         await wait_until(lambda: offline(schema) == {"gw-1": False, "pump-1": False})
+        assert machines_gauge(registry) == {"online": 2, "offline": 0}
 
 
 async def test_edge_session_termination_ddeath_marks_its_machine_only(sp_settings: Settings, edge: EdgeNode) -> None:
     schema = sp_settings.database.schema_name
-    async with host(sp_settings):
+    async with host(sp_settings) as registry:
         await asyncio.to_thread(_births, edge)
         await asyncio.to_thread(edge.send, "DBIRTH", [double("flow", 20, 5.0)], seq=2, device="pump-2")
         await wait_until(lambda: len(offline(schema)) == 3)
         await asyncio.to_thread(edge.send, "DDEATH", [], seq=3, device="pump-1")
         await wait_until(lambda: offline(schema)["pump-1"])
         assert offline(schema) == {"gw-1": False, "pump-1": True, "pump-2": False}
+        assert machines_gauge(registry) == {"online": 2, "offline": 1}
         since = query(schema, "SELECT offline_since > now() - interval '1 minute' FROM machines WHERE name = 'pump-1'")
         assert since == [(True,)]
+
+
+async def test_edge_session_termination_ndeath_is_silence_for_the_alert_rules(
+    sp_settings: Settings, edge: EdgeNode, tmp_path: Path
+) -> None:
+    """An NDEATH, as ingest records it, opens the silence rule's ticket at the alerts worker's next pass (the
+    births are seconds old: by the usual-interval rule nothing is silent), naming the edge node's death."""
+    schema = sp_settings.database.schema_name
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text('[[rule]]\nname = "no-data"\nkind = "silence"\n', encoding="utf-8")
+    rules_settings = AlertsSettings(rules=[rules_file])
+    rules = alerts.load_rules(rules_settings)
+
+    async def tickets() -> list[alerts.Ticket]:
+        async with await connect(sp_settings.database) as conn:
+            async with conn.transaction():
+                await alerts.watch_readings(conn, rules_settings, rules, now=datetime.now(UTC))
+            return await alerts.list_tickets(conn, live_only=False)
+
+    async with host(sp_settings):
+        await asyncio.to_thread(_births, edge)
+        await wait_until(lambda: len(offline(schema)) == 2)
+        assert await tickets() == []
+        await asyncio.to_thread(edge.ndeath, 0)
+        await wait_until(lambda: offline(schema) == {"gw-1": True, "pump-1": True})
+    [ticket] = await tickets()
+    print(ticket.title)
+    assert (ticket.machine, ticket.reason, ticket.status) == (f"{SITE}/gw-1/", "no-data", "open")
+    assert "Sparkplug edge node gw-1 reported its death at" in ticket.title
+    assert ticket.details["machines"] == 2
 
 
 async def test_historical_metrics_keep_their_timestamps(sp_settings: Settings, edge: EdgeNode) -> None:
