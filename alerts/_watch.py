@@ -54,9 +54,10 @@ class _Machine:
     thresholds: list[ThresholdRule]
     silence: SilenceRule | None
     # Set by ingest when the machine's Sparkplug device or edge node reported its death (DDEATH, NDEATH), cleared
-    # by its next birth; ``node_dead`` says which (the edge node's own machine, named after its line, went too).
+    # by its next birth; ``node_offline_since`` is the edge node's own machine's (named after its line), set when the
+    # node itself died.
     offline_since: datetime | None = None
-    node_dead: bool = False
+    node_offline_since: datetime | None = None
     judged: bool = False  # its breaches were judged this pass: its row needs writing
 
 
@@ -93,9 +94,8 @@ async def _watched(conn: psycopg.AsyncConnection[Any], rules: RuleSet) -> list[_
     cur = await conn.execute(
         """SELECT m.machine_id, m.line_id, m.tenant_id, mt.name, t.name, s.name, l.name, m.name,
                   rw.checked_through, rw.interval_s, nullif(rw.breaches, '{}'), m.offline_since,
-                  CASE WHEN m.offline_since IS NOT NULL THEN EXISTS (
-                      SELECT FROM machines n WHERE n.line_id = m.line_id AND n.name = l.name
-                                              AND n.offline_since IS NOT NULL) END
+                  CASE WHEN m.offline_since IS NOT NULL THEN (
+                      SELECT n.offline_since FROM machines n WHERE n.line_id = m.line_id AND n.name = l.name) END
            FROM machines m LEFT JOIN machine_types mt ON mt.type_id = m.type_id
            JOIN lines l ON l.line_id = m.line_id JOIN sites s ON s.site_id = l.site_id
            JOIN tenants t ON t.tenant_id = m.tenant_id
@@ -116,7 +116,7 @@ async def _watched(conn: psycopg.AsyncConnection[Any], rules: RuleSet) -> list[_
         interval,
         breaches,
         offline_since,
-        node_dead,
+        node_offline_since,
     ) in await cur.fetchall():
         mine = rules.for_machine(tenant, site, line, name, mtype)
         # By kind, not isinstance: a pydantic model's isinstance check is slow enough to show over a fleet.
@@ -137,7 +137,7 @@ async def _watched(conn: psycopg.AsyncConnection[Any], rules: RuleSet) -> list[_
                     thresholds,
                     silence,
                     offline_since,
-                    bool(node_dead),
+                    node_offline_since,
                 )
             )
     return out
@@ -403,6 +403,11 @@ async def _silence(
                 machines=len(dark),
                 death=_death(dark, gateway=True),
             )
+            # A machine's own ticket from before its line went dark stays seen while it is marked dead, too.
+            for m in dark:
+                if m.offline_since is not None and m.silence is not None:
+                    at = max(now, m.checked_through) if m.checked_through is not None else now
+                    await still_seen(conn, m.line_id, m.machine_id, m.silence.name, at)
             continue
         for m in dark:
             assert m.silence is not None
@@ -423,11 +428,19 @@ async def _silence(
 
 @dataclass(frozen=True)
 class _Death:
-    """A Sparkplug death behind a silence: who reported it, and the earliest such time among the machines."""
+    """A Sparkplug death behind a silence: who reported it, and when (the node's death, else the first device's)."""
 
-    who: str  # "edge node" or "device"
-    name: str
+    who: str  # "edge node", "device" or "devices" (every device of a line whose node lives on)
+    name: str  # the edge node's id (its line), or the device's (its machine)
     at: datetime
+
+    def text(self) -> str:
+        if self.who == "devices":
+            return (
+                f"Sparkplug devices of edge node {self.name} reported their deaths, "
+                f"the first at {self.at:%Y-%m-%d %H:%M:%S}"
+            )
+        return f"Sparkplug {self.who} {self.name} reported its death at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 def _death(dark: list[_Machine], *, gateway: bool) -> _Death | None:
@@ -435,13 +448,15 @@ def _death(dark: list[_Machine], *, gateway: bool) -> _Death | None:
     quiet in part by death, in part by plain silence, is plain silence)."""
     if not dark or any(m.offline_since is None for m in dark):
         return None
-    at = min(m.offline_since for m in dark if m.offline_since is not None)
     _, _, line, machine = dark[0].path
     # NDEATH marks every machine of the edge node's line, its own (named after the line) included; DDEATH only its
-    # device's. A gateway ticket covers the whole line, so only the edge node's death explains it.
-    if gateway or all(m.node_dead for m in dark):
-        return _Death("edge node", line, at)
-    return _Death("device", machine, at)
+    # device's, and a device that died first keeps its own earlier time. The node's own machine may not be watched
+    # (a birth with no values), so its mark comes with every machine's row.
+    node_since = dark[0].node_offline_since
+    if node_since is not None:
+        return _Death("edge node", line, node_since)
+    at = min(m.offline_since for m in dark if m.offline_since is not None)
+    return _Death("devices", line, at) if gateway else _Death("device", machine, at)
 
 
 async def silent_machines(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -486,10 +501,7 @@ async def _file_silence(
         assert last is not None
         title = f"No data from {what} since {last:%Y-%m-%d %H:%M:%S}"
     else:
-        title = (
-            f"No data from {what}: Sparkplug {death.who} {death.name} reported its death at "
-            f"{death.at:%Y-%m-%d %H:%M:%S}"
-        )
+        title = f"No data from {what}: {death.text()}"
         details["sparkplug_death"] = {"reported_by": death.who, "name": death.name, "at": death.at.isoformat()}
     ev = Evidence(
         machine_id=machine_id,

@@ -247,14 +247,21 @@ async def offline(conn: Conn, machine_id: int, since: datetime | None) -> None:
 
 
 async def test_a_sparkplug_death_is_silence_at_once_until_data_flows_again(conn: Conn, tmp_path: Path) -> None:
-    """Every machine sends every 10 s up to the pass: by the interval rule none is silent. pump-2's device and
-    line-1's edge node report their deaths (ingest's offline_since), and their tickets open at the next pass naming
-    the death; readings while still marked dead keep them open, and they resolve once the birth cleared the mark
-    and readings ran past the hold."""
+    """Every machine sends every 10 s up to the pass: by the interval rule none is silent. Then, as ingest records
+    them in offline_since: pump-2's device dies, both devices of line-1 die (its edge node lives on), line-2's edge
+    node dies. Each ticket opens at the next pass naming the death; readings while still marked dead keep them open;
+    they resolve once the births cleared the marks and readings ran past the hold. fan-9 (JSON) sends on, no ticket."""
     s, rules = rules_from(tmp_path, SILENCE)
     ids = {n: await machine(conn, n) for n in ("pump-1a", "pump-1b", "pump-2", "fan-9")}
     for machine_id in ids.values():
         await readings(conn, machine_id, T0, 10, [1.0] * 360)
+    # Each edge node's own machine, named after its line, as its NBIRTH registers it (no values: never watched).
+    cur = await conn.execute(
+        """INSERT INTO machines (tenant_id, line_id, name)
+           SELECT tenant_id, line_id, l.name FROM machines m JOIN lines l USING (line_id)
+           WHERE m.name IN ('pump-1a', 'pump-2') RETURNING name, machine_id"""
+    )
+    nodes = {str(name): int(i) for name, i in await cur.fetchall()}
     now = T0 + timedelta(seconds=3600)
     await watch(conn, s, rules, now)
     assert await all_tickets(conn) == [], "10 s of quiet is not silence"
@@ -267,18 +274,25 @@ async def test_a_sparkplug_death_is_silence_at_once_until_data_flows_again(conn:
     assert ticket.details["sparkplug_death"] == {"reported_by": "device", "name": "pump-2", "at": died.isoformat()}
     _, history = await alerts.ticket_history(conn, ticket.ticket_id)
     assert "reported its death" in history[0].why
-    # The edge node of line-1 dies: every machine of its line is marked, one ticket for the gateway.
-    for name in ("pump-1a", "pump-1b"):
-        await offline(conn, ids[name], died + timedelta(seconds=3))
+    # Both devices of line-1 die, its edge node does not: one ticket for the gateway, naming the devices.
+    for k, name in enumerate(("pump-1a", "pump-1b")):
+        await offline(conn, ids[name], died + timedelta(seconds=3 - k))
+    # line-2's edge node dies: its own machine and pump-2 (which keeps its device's earlier time).
+    await offline(conn, nodes["line-2"], died + timedelta(seconds=4))
     await watch(conn, s, rules, now + timedelta(seconds=2))
     found = {t.machine: t for t in await all_tickets(conn)}
-    assert set(found) == {"plant-a/line-2/pump-2", "plant-a/line-1/"}
-    gateway = found["plant-a/line-1/"]
-    assert "Sparkplug edge node line-1 reported its death at 2026-06-01 08:59:58" in gateway.title
-    assert gateway.details["machines"] == 2
-    assert await silent_machines(conn) == 3
-    # Readings of pump-2 over ten times the hold while it is still marked dead (fan-9, a JSON machine, sends on):
-    # no resolution, no new ticket, no occurrence per pass.
+    assert set(found) == {"plant-a/line-2/pump-2", "plant-a/line-1/", "plant-a/line-2/"}
+    devices = found["plant-a/line-1/"]
+    assert "Sparkplug devices of edge node line-1 reported their deaths, the first at 2026-06-01 08:59:57" in (
+        devices.title
+    )
+    assert devices.details["machines"] == 2
+    node = found["plant-a/line-2/"]
+    assert "Sparkplug edge node line-2 reported its death at 2026-06-01 08:59:59" in node.title
+    assert (node.details["machines"], node.details["last_reading"]) == (2, (now - timedelta(seconds=10)).isoformat())
+    assert await silent_machines(conn) == 5
+    # Readings of pump-2 over ten times the hold while it is still marked dead (fan-9 sends on): no resolution, no
+    # new ticket, no occurrence per pass.
     hold = timedelta(seconds=s.resolve_hold_s)
     for k in range(10):
         start = now + k * hold + timedelta(seconds=10)
@@ -289,16 +303,16 @@ async def test_a_sparkplug_death_is_silence_at_once_until_data_flows_again(conn:
     assert {m: (t.status, t.occurrences) for m, t in found.items()} == {
         "plant-a/line-2/pump-2": ("open", 1),
         "plant-a/line-1/": ("open", 1),
+        "plant-a/line-2/": ("open", 1),
     }
-    # The births clear the marks; once readings run past the hold, both resolve as plain silence does.
+    # The births clear the marks; once readings run past the hold, every ticket resolves as plain silence does.
     later = now + 10 * hold
-    for name in ("pump-1a", "pump-1b", "pump-2"):
-        await offline(conn, ids[name], None)
+    for machine_id in [*ids.values(), *nodes.values()]:
+        await offline(conn, machine_id, None)
     for machine_id in ids.values():
         await readings(conn, machine_id, later + timedelta(seconds=10), 10, [1.0] * 70)
     await watch(conn, s, rules, later + timedelta(seconds=700))
-    status = {t.machine: t.status for t in await all_tickets(conn)}
-    assert status == {"plant-a/line-2/pump-2": "resolved", "plant-a/line-1/": "resolved"}
+    assert {t.machine: t.status for t in await all_tickets(conn)} == dict.fromkeys(found, "resolved")
     assert await silent_machines(conn) == 0
 
 
