@@ -403,11 +403,23 @@ async def _silence(
                 machines=len(dark),
                 death=_death(dark, gateway=True),
             )
-            # A machine's own ticket from before its line went dark stays seen while it is marked dead, too.
-            for m in dark:
-                if m.offline_since is not None and m.silence is not None:
-                    at = max(now, m.checked_through) if m.checked_through is not None else now
-                    await still_seen(conn, m.line_id, m.machine_id, m.silence.name, at)
+            # A machine's own ticket from before its line went dark stays seen while it is marked dead, too: one
+            # statement for the line, whatever its number of machines.
+            dead = [m for m in dark if m.offline_since is not None and m.silence is not None]
+            if dead:
+                await conn.execute(
+                    """UPDATE tickets t SET last_seen = greatest(t.last_seen, u.at)
+                       FROM unnest(%s::int[], %s::text[], %s::timestamptz[]) AS u(machine_id, reason, at)
+                       WHERE t.line_id = %s AND t.machine_id = u.machine_id AND t.reason = u.reason
+                         AND t.status = ANY(%s)""",
+                    [
+                        [m.machine_id for m in dead],
+                        [m.silence.name for m in dead if m.silence is not None],
+                        [max(now, m.checked_through) if m.checked_through is not None else now for m in dead],
+                        line_id,
+                        list(LIVE_STATUSES),
+                    ],
+                )
             continue
         for m in dark:
             assert m.silence is not None
