@@ -45,8 +45,8 @@ def _anomaly_file(tmp_path: Path, name: str, detector: str, shift: float) -> Pat
 def _rul_file(tmp_path: Path) -> Path:
     rows = ["unit,time,s"] + [f"u{u},{h},{h / (100 + 20 * u)}" for u in range(4) for h in range(100 + 20 * u + 1)]
     (tmp_path / "runs.csv").write_text("\n".join(rows) + "\n")
-    model = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time", model="trend")
-    save_model(model, tmp_path / "r.model", "rul", {"estimator": "trend"})
+    model = RulModel.fit(read_table(tmp_path / "runs.csv"), unit="unit", time="time")
+    save_model(model, tmp_path / "r.model", "rul", {"estimator": "gbm"})
     return tmp_path / "r.model"
 
 
@@ -74,7 +74,7 @@ def test_models_list_marks_the_newest_per_kind_and_type_as_in_use(migrated: Sett
         (True, "anomaly", "fan", "pca"),
         (True, "anomaly", "pump", "knn"),  # registered after mahalanobis: newest wins
         (False, "anomaly", "pump", "mahalanobis"),
-        (True, "rul", "pump", "trend"),
+        (True, "rul", "pump", "gbm"),
     ]
     sizes = {f[3]: int(f[6].replace(",", "")) for _, f in rows}
     assert sizes["knn"] == (tmp_path / "p2.model").stat().st_size
@@ -88,7 +88,7 @@ def test_models_list_marks_the_newest_per_kind_and_type_as_in_use(migrated: Sett
     assert asyncio.run(worker_uses()) == starred  # "in use" is what the worker loads
 
     only = _cli(migrated, "models", "list", "--kind", "rul")[1]
-    assert "trend" in only
+    assert "gbm" in only
     assert "knn" not in only
     none = _cli(migrated, "models", "list", "--machine-type", "compressor")[1]
     assert "match these filters" in none
