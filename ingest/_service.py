@@ -184,6 +184,10 @@ async def run_ingest(
         if scheme is None:
             return summary
         sessions = await _sparkplug_host(settings, scheme, registry, stack)
+        if sessions is not None:
+            async with pool.connection() as conn:
+                loaded = await sessions.load_owned(conn, scheme.owns)
+            log.info("sparkplug: %d edge node session(s) of this worker read from the database", loaded)
         writer = BatchWriter(pool, settings, mode, metrics, sparkplug=sessions)
         beat = await stack.enter_async_context(Heartbeat(pool, scheme, ing.heartbeat_s, metrics))
         upkeep = StorageUpkeep(mode, settings.database.partition_days_ahead, settings.database.retention_days)

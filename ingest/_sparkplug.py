@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from wearline.settings import IngestSettings
 from wearline.sparkplug import (
     BDSEQ_METRIC,
+    NAMESPACE,
     NUMERIC,
     DataType,
     MessageType,
@@ -237,6 +238,23 @@ class Sessions:
         )
         row = await cur.fetchone()
         self._committed[key] = NodeSession() if row is None else NodeSession.from_row(*row)
+
+    async def load_owned(self, conn: psycopg.AsyncConnection[Any], owns: Callable[[str], bool]) -> int:
+        """Read, at start, the committed sessions of every node of the mapped groups this worker owns (``owns``
+        tells by a topic of the node), so that its gauges count nodes that died before a restart and stay quiet.
+        Returns how many."""
+        cur = await conn.execute(
+            """SELECT group_id, edge_node, online, bdseq, seq, session FROM sparkplug_nodes
+               WHERE group_id = ANY(%s)""",
+            [list(self._sites)],
+        )
+        n = 0
+        for group, edge, online, bdseq, seq, session in await cur.fetchall():
+            key = (str(group), str(edge))
+            if key not in self._committed and owns(f"{NAMESPACE}/{group}/{MessageType.NDATA}/{edge}"):
+                self._committed[key] = NodeSession.from_row(online, bdseq, seq, session)
+                n += 1
+        return n
 
     def known(self, key: NodeKey) -> bool:
         return key in self._committed

@@ -300,6 +300,21 @@ async def test_edge_session_termination_ndeath_matching_and_stale_bdseq(sp_setti
         assert machines_gauge(registry) == {"online": 2, "offline": 0}
 
 
+async def test_edge_session_termination_a_dead_node_is_counted_after_an_ingest_restart(
+    sp_settings: Settings, edge: EdgeNode
+) -> None:
+    """A node that died before ingest restarted, and stays quiet, is still in the gauges (sessions read at start)."""
+    schema = sp_settings.database.schema_name
+    async with host(sp_settings):
+        await asyncio.to_thread(_births, edge)
+        await wait_until(lambda: len(offline(schema)) == 2)
+        await asyncio.to_thread(edge.ndeath, 0)
+        await wait_until(lambda: offline(schema) == {"gw-1": True, "pump-1": True})
+    async with host(sp_settings) as registry:
+        assert machines_gauge(registry) == {"online": 0, "offline": 2}
+        assert registry.get_sample_value("wearline_ingest_sparkplug_nodes", {"state": "offline"}) == 1
+
+
 async def test_edge_session_termination_ddeath_marks_its_machine_only(sp_settings: Settings, edge: EdgeNode) -> None:
     schema = sp_settings.database.schema_name
     async with host(sp_settings) as registry:
