@@ -56,21 +56,31 @@ def demo(
         result = await run_demo(settings, stop, machines=machines, timeout_s=timeout, serve=serve)
 
     run_async(run_service("demo", body, grace_s=settings.shutdown_grace_s))
-    if result is not None and result.interrupted and result.ticket is None:
-        typer.echo(f"demo: interrupted after {result.seconds:.1f} s, before a ticket appeared", err=True)
+    if result is not None and result.interrupted:
+        typer.echo(f"demo: interrupted after {result.seconds:.1f} s, before its tickets appeared", err=True)
         raise typer.Exit(130)
-    if result is None or result.ticket is None:
-        typer.echo(f"demo: no ticket appeared within the timeout of {timeout:.0f} s", err=True)
+    if result is None or result.ticket is None or not result.complete:
+        missing = (
+            "no ticket"
+            if result is None or (result.ticket is None and result.rul_ticket is None)
+            else "no anomaly ticket"
+            if result.ticket is None
+            else "no remaining-life ticket"
+            if result.rul_ticket is None
+            else "the published history's remaining-life estimates not all handled"
+        )
+        typer.echo(f"demo: {missing} within the timeout of {timeout:.0f} s", err=True)
         raise typer.Exit(1)
     t = result.ticket
-    typer.echo(
-        f"\nTicket #{t.ticket_id} (priority {t.priority}, {t.status}) after {result.seconds:.1f} s, "
-        f"{result.published} messages published:"
-    )
-    typer.echo(f"  {t.title}")
-    typer.echo(f"  machine:    {t.tenant}/{t.machine}")
-    typer.echo(f"  first seen: {t.first_seen.isoformat()}")
-    typer.echo(f"  details:    {t.details}")
+    typer.echo(f"\n{result.published} messages published, tickets after {result.seconds:.1f} s:")
+    for shown in (t, result.rul_ticket):
+        if shown is None:
+            continue
+        typer.echo(f"\nTicket #{shown.ticket_id} ({shown.kind}, priority {shown.priority}, {shown.status}):")
+        typer.echo(f"  {shown.title}")
+        typer.echo(f"  machine:    {shown.tenant}/{shown.machine}")
+        typer.echo(f"  first seen: {shown.first_seen.isoformat()}")
+        typer.echo(f"  details:    {shown.details}")
     if result.acknowledged is not None:
         ack = result.acknowledged
         typer.echo(
