@@ -20,7 +20,7 @@ def demo(
     ctx: typer.Context,
     machines: Annotated[int, typer.Option(min=2, help="Simulated pumps; one of them develops a bearing fault.")] = 5,
     timeout: Annotated[
-        float, typer.Option(min=10, help="Give up if no ticket appears within this many seconds.")
+        float, typer.Option(min=10, help="Give up if its two tickets do not appear within this many seconds.")
     ] = 120,
     serve: Annotated[
         bool, typer.Option("--serve", help="Keep the stages and the board running after the ticket, until Ctrl-C.")
