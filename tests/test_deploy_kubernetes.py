@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests._tools import passes
 from wearline.settings import AlertsSettings, AnalyticsSettings, ApiSettings, IngestSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,13 +55,11 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 def test_every_resource_validates_against_the_kubernetes_schema(version: str | None) -> None:
     assert VALIDATE is not None
     args = [VALIDATE, "--strict", *(["-k", version] if version else []), *map(str, _files())]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    print(done.stdout, done.stderr)
-    assert done.returncode == 0
-    passed = re.findall(r"passed for resource (\w+)/", done.stdout + done.stderr)
+    said = passes(args)
+    passed = re.findall(r"passed for resource (\w+)/", said)
     expected = [r for r in _resources() if r["kind"] not in OPERATOR_KINDS]
     assert len(passed) == len(expected)
-    unchecked = re.findall(r"Couldn't find schema for kind (\w+)", done.stdout + done.stderr)
+    unchecked = re.findall(r"Couldn't find schema for kind (\w+)", said)
     assert set(unchecked) == OPERATOR_KINDS  # checked below: their rules by promtool, their shape by hand
 
 
@@ -185,15 +184,7 @@ def test_the_prometheusrule_passes_promtool(tmp_path: Path) -> None:
     assert PROMTOOL is not None
     [rule] = _of("PrometheusRule")
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    done = subprocess.run(
-        [PROMTOOL, "check", "rules", str(tmp_path / "rules.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    print(done.stdout, done.stderr)
-    assert done.returncode == 0
+    passes([PROMTOOL, "check", "rules", str(tmp_path / "rules.yml")], 60)
 
 
 def test_the_servicemonitor_scrapes_every_job_the_rules_name() -> None:

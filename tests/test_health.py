@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,22 +18,13 @@ from prometheus_client import CollectorRegistry
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import wearline
+from tests._tools import http_get
 from tests.conftest import TEST_DSN, TEST_MQTT, make_settings, unique
 from tests.ingest._support import TcpProxy
 from wearline.db import migrate
 from wearline.gauges import NewestTimestamp
 from wearline.health import Health, PassClock, serve_health
 from wearline.mosquitto import free_port
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-            return int(reply.status), reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def test_the_endpoints_answer_from_the_checks_and_nothing_else_is_served() -> None:
@@ -46,16 +35,16 @@ def test_the_endpoints_answer_from_the_checks_and_nothing_else_is_served() -> No
     server = serve_health("127.0.0.1", free_port(), registry=registry, health=health, setting="ingest.metrics_port")
     assert server is not None
     try:
-        status, body = _get(server.port, "/readyz")
+        status, body = http_get(server.port, "/readyz")
         assert status == 503
         assert json.loads(body)["checks"] == {"alive": "ok", "broker": "starting", "database": "starting"}
         health.set("database", True)
         health.set("broker", False, "connection refused")
-        assert json.loads(_get(server.port, "/readyz")[1])["checks"]["broker"] == "connection refused"
+        assert json.loads(http_get(server.port, "/readyz")[1])["checks"]["broker"] == "connection refused"
         health.set("broker", True)
-        status, body = _get(server.port, "/readyz")
+        status, body = http_get(server.port, "/readyz")
         assert (status, json.loads(body)["status"]) == (200, "ready")
-        status, text = _get(server.port, "/metrics")
+        status, text = http_get(server.port, "/metrics")
         assert status == 200
         assert 'wearline_readiness_check{check="database"} 1.0' in text
         assert "wearline_ready 1.0" in text
@@ -65,12 +54,12 @@ def test_the_endpoints_answer_from_the_checks_and_nothing_else_is_served() -> No
         ]
         # The loop stalls: ten times the limit without a beat.
         now[0] += 20.0
-        status, body = _get(server.port, "/healthz")
+        status, body = http_get(server.port, "/healthz")
         assert (status, json.loads(body)["status"]) == (503, "event loop stalled for 20 s")
-        assert _get(server.port, "/readyz")[0] == 503
+        assert http_get(server.port, "/readyz")[0] == 503
         health.beat()
-        assert _get(server.port, "/healthz")[0] == 200
-        assert _get(server.port, "/")[0] == 404, "the metrics used to be served on every path"
+        assert http_get(server.port, "/healthz")[0] == 200
+        assert http_get(server.port, "/")[0] == 404, "the metrics used to be served on every path"
     finally:
         server.shutdown()
         server.server_close()
@@ -147,22 +136,22 @@ async def test_stages_started_without_their_database_wait_not_ready_then_start(s
         )
     try:
         for stage, p in ports.items():
-            await _wait(f"{stage} to answer /readyz", lambda p=p: _get(p, "/readyz")[0] == 503)
-            body = _get(p, "/readyz")[1]
+            await _wait(f"{stage} to answer /readyz", lambda p=p: http_get(p, "/readyz")[0] == 503)
+            body = http_get(p, "/readyz")[1]
             checks = json.loads(body)["checks"]
             print(stage, "before the database:", checks)
             assert "cannot connect" in checks["database"], checks
-            assert _get(p, "/healthz")[0] == 200, f"{stage} is alive while it waits"
-            assert _metric(_get(p, "/metrics")[1], 'wearline_readiness_check{check="database"}') == 0.0
+            assert http_get(p, "/healthz")[0] == 200, f"{stage} is alive while it waits"
+            assert _metric(http_get(p, "/metrics")[1], 'wearline_readiness_check{check="database"}') == 0.0
         await asyncio.sleep(3)  # several attempts: they keep waiting instead of exiting
         exited = {s: p.returncode for s, p in procs.items() if p.poll() is not None}
         assert exited == {}, {s: (tmp_path / f"{s}.log").read_text()[-2000:] for s in exited}
         await proxy.restore()
         for stage, p in ports.items():
-            await _wait(f"{stage} to be ready", lambda p=p: _get(p, "/readyz")[0] == 200)
-            print(stage, "after:", json.loads(_get(p, "/readyz")[1])["checks"])
-        await _wait("the API's own port", lambda: _get(api_port, "/readyz")[0] == 200)
-        assert json.loads((await asyncio.to_thread(_get, api_port, "/readyz"))[1]) == {"status": "ready"}
+            await _wait(f"{stage} to be ready", lambda p=p: http_get(p, "/readyz")[0] == 200)
+            print(stage, "after:", json.loads(http_get(p, "/readyz")[1])["checks"])
+        await _wait("the API's own port", lambda: http_get(api_port, "/readyz")[0] == 200)
+        assert json.loads((await asyncio.to_thread(http_get, api_port, "/readyz"))[1]) == {"status": "ready"}
     finally:
         for proc in procs.values():
             if proc.poll() is None:

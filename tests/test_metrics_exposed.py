@@ -13,12 +13,9 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import pytest
 import yaml
 
 from ingest._metrics import MESSAGE_OUTCOMES
+from tests._tools import http_get, stop_all
 from tests.conftest import TEST_MQTT, drop_schema, make_settings, unique
 from tests.ingest._support import publish
 from wearline.db import migrate
@@ -43,16 +41,6 @@ Families = dict[str, str]
 Served = dict[str, tuple[Families, str, str]]
 """Per stage: its families, its /metrics once readings went through, and its /metrics when it had just become
 ready (a fresh install: nothing received yet)."""
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
-            return int(reply.status), reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def _families(text: str) -> Families:
@@ -110,12 +98,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         deadline = time.monotonic() + 90
         for stage, p in ports.items():
-            while _get(p, "/readyz")[0] != 200:
+            while http_get(p, "/readyz")[0] != 200:
                 log = (logs / f"{stage}.log").read_text()[-3000:]
                 assert procs[stage].poll() is None, f"{stage} exited:\n{log}"
-                assert time.monotonic() < deadline, f"{stage} never became ready: {_get(p, '/readyz')}\n{log}"
+                assert time.monotonic() < deadline, f"{stage} never became ready: {http_get(p, '/readyz')}\n{log}"
                 time.sleep(0.2)
-        fresh = {stage: _get(p, "/metrics")[1] for stage, p in ports.items()}
+        fresh = {stage: http_get(p, "/metrics")[1] for stage, p in ports.items()}
         # A few readings through the whole chain: the newest-timestamp gauges are absent until there is one.
         now_ms = int(time.time() * 1000)
         samples = [Sample(now_ms - 1000 * k, {"vibration_rms": 2.0 + k / 10}) for k in range(5)]
@@ -123,25 +111,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         publish(host, int(port), [(telemetry_topic(env["WEARLINE_TOPIC_PREFIX"], path), encode_message(samples))])
         waited = {"ingest": "wearline_ingest_newest_sample", "analytics": "wearline_analytics_newest_scored"}
         for stage, name in waited.items():
-            while name not in _get(ports[stage], "/metrics")[1]:
+            while name not in http_get(ports[stage], "/metrics")[1]:
                 assert time.monotonic() < deadline, f"{stage} never exported {name}"
                 time.sleep(0.2)
         out: Served = {}
         for stage, p in ports.items():
-            status, text = _get(p, "/metrics")
+            status, text = http_get(p, "/metrics")
             assert status == 200, stage
             out[stage] = (_families(text), text, fresh[stage])
         yield out
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs.values())
         for output in outputs.values():
             output.close()
         drop_schema(schema)

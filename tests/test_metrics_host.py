@@ -15,6 +15,7 @@ from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
 
+from tests._tools import stop_all
 from tests.conftest import TEST_DSN, TEST_MQTT, unique
 from wearline.mosquitto import free_port
 
@@ -73,14 +74,7 @@ def test_every_stage_binds_its_endpoint_to_metrics_host(schema: str, tmp_path: P
         print(seen)
         assert seen == dict.fromkeys(STAGES, (200, "refused"))
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs.values())
         for log in logs:
             log.close()
 
