@@ -247,3 +247,30 @@ async def test_a_nul_character_is_a_422_not_a_500(world: World, method: str, pat
     r = await world.client.request(method, url, headers=world.auth("acme-rw"), **kwargs)
     assert r.status_code == 422
     assert "NUL character" in r.text
+
+
+async def test_a_change_is_committed_before_its_response_starts(world: World) -> None:
+    """A client that reads right after it writes (the board follows each action's redirect at once) must find the
+    change: it is committed before the first byte of the response, not when the pooled connection is given back
+    after it (FastAPI's request scope: the board once showed a ticket it had just acknowledged as still open). The
+    events are counted from another connection at the moment the response starts."""
+    ticket = world.tickets["acme"][0]
+    app = alerts.create_app(world.settings)
+    seen: list[int] = []
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def send_seen(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                seen.append(await world.events(ticket))
+            await send(message)
+
+        await app(scope, receive, send_seen)
+
+    before = await world.events(ticket)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=watched), base_url="http://api") as client,
+    ):
+        r = await client.post(f"/api/v1/tickets/{ticket}/comments", json={"text": "x"}, headers=world.auth("acme-rw"))
+    assert r.status_code == 200, r.text
+    assert seen == [before + 1]
