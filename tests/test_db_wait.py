@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from psycopg.conninfo import make_conninfo
 
 from tests.conftest import TEST_DSN, make_settings, unique
 from wearline.db import migrate
+from wearline.mosquitto import free_port
 
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
 
@@ -51,9 +51,7 @@ async def test_db_wait_returns_once_the_schema_is_migrated(schema: str) -> None:
 
 
 def test_db_wait_gives_up_in_one_line_naming_why(schema: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        refused = s.getsockname()[1]
+    refused = free_port()  # nothing listens there once the socket is closed
     cases = {
         "never migrated": _env(schema),
         "cannot connect": _env(schema, make_conninfo(TEST_DSN, host="127.0.0.1", port=str(refused))),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import psycopg
 import pytest
 
 from tests.conftest import TEST_DSN, TEST_MQTT, drop_schema, unique
+from wearline.mosquitto import free_port
 
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def demo_env() -> Iterator[dict[str, str]]:
 
 
 def test_demo_with_the_broker_down_exits_within_its_timeout_saying_so(demo_env: dict[str, str]) -> None:
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     started = time.monotonic()
     done = subprocess.run(
         [WEARLINE, "demo", "--timeout", "10"],
@@ -88,7 +82,7 @@ def test_demo_raises_both_tickets_and_acknowledges_one_through_the_api(demo_env:
     """Issue 12, item 7: an anomaly ticket and a remaining-life ticket, both for the pump whose bearing the scenario
     wears out (pump-002) and none for the four healthy ones, the board's address, and an acknowledgement made
     through the REST API with a token of the ticket's tenant (the ticket's history names who did it)."""
-    port = _free_port()
+    port = free_port()
     done = subprocess.run(
         [WEARLINE, "demo", "--timeout", "150"],
         env={**demo_env, "WEARLINE_API__PORT": str(port)},

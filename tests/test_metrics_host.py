@@ -5,7 +5,6 @@ waits, serving /healthz), with the endpoint on 127.0.0.2: it answers there and n
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,11 @@ from wearline.mosquitto import free_port
 STAGES = ("ingest", "analytics", "alerts", "api")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def _env(schema: str, host: str, ports: dict[str, int]) -> dict[str, str]:
     mqtt_host, mqtt_port = TEST_MQTT.rsplit(":", 1)
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("WEARLINE_")},
-        "WEARLINE_DATABASE__DSN": make_conninfo(TEST_DSN, host="127.0.0.1", port=str(_free_port())),
+        "WEARLINE_DATABASE__DSN": make_conninfo(TEST_DSN, host="127.0.0.1", port=str(free_port())),
         "WEARLINE_DATABASE__SCHEMA": schema,
         "WEARLINE_DATABASE__CONNECT_TIMEOUT_S": "2",
         "WEARLINE_MQTT__HOST": mqtt_host,

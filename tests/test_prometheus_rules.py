@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from tests._tools import passes
+from wearline.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -78,9 +78,7 @@ def test_the_alertmanager_config_is_valid() -> None:
 
 
 def test_the_example_receiver_prints_one_line_per_alert() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "deploy/alertmanager/receiver.py"), str(port)], stdout=subprocess.PIPE, text=True
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from ingest._bench import own_broker
 from simulators import TRUTH_COLUMNS, MachineGroup, PublishError, Scenario, publish_fleet, run_load
 from tests.conftest import TEST_MQTT, make_settings, unique
 from wearline.cli import app
+from wearline.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WEARLINE = str(Path(sys.executable).with_name("wearline"))
@@ -99,14 +99,8 @@ def _error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_unreachable_broker_is_one_line_naming_it_and_the_settings() -> None:
-    port = _free_port()  # nothing listens there once the socket is closed
+    port = free_port()  # nothing listens there once the socket is closed
     line = _error_line(
         _wearline(
             "simulate", "--mode", "accelerated", "--steps", "5",
