@@ -7,6 +7,7 @@ database schema and MQTT topic prefix, dropped or abandoned when it ends.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import uuid
@@ -30,6 +31,17 @@ hypothesis_settings.load_profile("wearline")
 
 TEST_DSN = os.environ.get("WEARLINE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_MQTT = os.environ.get("WEARLINE_TEST_MQTT", "127.0.0.1:1883")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A command run in process (``wearline ...`` through its entry point) points the root logger at the stderr pytest
+    captured for that test; later tests would log into a closed file ("--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_report_header() -> list[str]:
