@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics._base import Detector, Features, Matrix, ModelError, Vector, _Params, clone
+from analytics._tail import tail_threshold
 
 __all__ = ["Thresholded"]
 
@@ -18,9 +19,12 @@ class Thresholded(_Params):
     (a spike lasts one row), or when the mean score of the last ``window`` rows is above ``sustained`` (a gradual
     fault raises the score a little for a long time: too little for any single row, plain in the mean).
 
-    :meth:`calibrate` picks the threshold from out-of-fold scores of normal rows (the ``quantile`` of them, times
-    ``margin``), and ``sustained`` likewise from their ``window``-row means; then it fits the detector on all
-    rows, so both thresholds reflect rows the model did not learn. ``window`` 0 or 1 turns the mean rule off.
+    :meth:`calibrate` picks the threshold from out-of-fold scores of normal rows: the score that normal rows exceed
+    at the rate ``target`` (per row), from a generalised Pareto tail fitted to the largest of them
+    (:func:`analytics._tail.tail_threshold`; with too few rows, the largest score), times ``margin``; and
+    ``sustained`` likewise from their ``window``-row means. Then it fits the detector on all rows, so both
+    thresholds reflect rows the model did not learn. ``window`` 0 or 1 turns the mean rule off. ``method`` says how
+    the threshold was found (``pot``, ``quantile`` or ``max``).
 
     The mean rule sees each score capped at ``severe`` x ``threshold``: a row that high is flagged on its own, and
     uncapped, a few of them (a stuck sensor scores ``missing_score``) set the mean rule's threshold wherever they
@@ -29,12 +33,16 @@ class Thresholded(_Params):
     0.944 / 0.940 (``knn``) and from 0.924 / 0.897 to 0.934 / 0.901 (``mahalanobis``).
     """
 
+    # Models saved before these existed were thresholded at the 99.9th percentile; the defaults let them clone.
+    target: float = 0.001
+    method: str = "quantile"
+
     def __init__(
         self,
         detector: Detector,
         *,
         threshold: float | None = None,
-        quantile: float = 0.999,
+        target: float = 0.001,
         margin: float = 1.0,
         persistence: int = 1,
         severe: float = 3.0,
@@ -44,13 +52,16 @@ class Thresholded(_Params):
     ) -> None:
         self.detector = detector
         self.threshold = threshold
-        self.quantile = quantile
+        if not 0.0 < target < 1.0:
+            raise ModelError(f"the false-alarm target is a rate per row in (0, 1), got {target}")
+        self.target = target
         self.margin = margin
         self.persistence = persistence
         self.severe = severe
         self.folds = folds
         self.window = window
         self.sustained = sustained
+        self.method = "set" if threshold is not None else "none"
         self._run = 0
         self._tail = np.zeros(0)
 
@@ -71,13 +82,14 @@ class Thresholded(_Params):
             held.append(part.score_many(rows[lo:hi]))
         scores = np.concatenate(held)
         scores = scores[np.isfinite(scores)]
-        self.threshold = float(np.quantile(scores, self.quantile) * self.margin) if len(scores) else 1.0
+        fit = tail_threshold(scores, self.target)
+        self.threshold, self.method = fit.threshold * self.margin, fit.method
         cap = self.severe * self.threshold
         means = [_window_means(np.minimum(h, cap), self.window) for h in held] if self.window > 1 else []
         m = np.concatenate(means) if means else np.zeros(0)
         m = m[np.isfinite(m)]
         # Too few rows for one full window in a fold: no evidence for a sustained threshold, so no mean rule.
-        self.sustained = float(np.quantile(m, self.quantile) * self.margin) if len(m) else None
+        self.sustained = tail_threshold(m, self.target).threshold * self.margin if len(m) else None
         self.detector.learn_many(rows)
         return self
 

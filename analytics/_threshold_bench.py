@@ -1,0 +1,112 @@
+"""False alarms of calibrated thresholds on new normal rows, and the IMS bearing protocol: a program, not a test.
+
+``python -m analytics._threshold_bench [IMS_DIR]`` prints, per detector, distribution and fit window, the rate at
+which 20,000 new normal rows score above the threshold calibrated on the fit rows, as a multiple of the target
+(one figure per seed, then the median); with the IMS folder, each test fit on its first 300 snapshots with
+persistence 3 and every snapshot scored: the first flag after the fit rows and the share flagged. Then one JSON
+line with every figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from analytics._base import Matrix
+from analytics._offline import AnomalyModel, DetectorName, make_detector
+from analytics._tabular import read_table
+from analytics._threshold import Thresholded
+
+__all__ = ["ims_protocol", "synthetic_far"]
+
+TARGET = 0.001
+DETECTORS: tuple[DetectorName, ...] = ("knn", "mahalanobis", "pca")
+IMS_TESTS = (("1", "ims_1st_test_mean_abs.csv", 0), ("2", "ims_2nd_test_mean_abs.csv", 2),
+             ("3", "ims_3rd_test_mean_abs.csv", 1))  # fmt: skip
+"""Test, file, trailing rows recorded after the rig stopped (the data's README)."""
+
+
+def _normal(kind: str, n: int, rng: np.random.Generator, mix: Matrix) -> Matrix:
+    z = rng.normal(size=(n, len(mix))) if kind == "gaussian" else rng.standard_t(3, size=(n, len(mix)))
+    return np.asarray(z @ mix, dtype=np.float64)
+
+
+def synthetic_far(seeds: int = 5, new_rows: int = 20_000) -> dict[str, list[float]]:
+    """False-alarm rate / target per seed, keyed ``detector/distribution/fit rows``: 4 correlated sensors,
+    Gaussian or Student t with 3 degrees of freedom (heavy-tailed)."""
+    out: dict[str, list[float]] = {}
+    for name in DETECTORS:
+        for kind in ("gaussian", "t3"):
+            for n in (300, 1000, 5000):
+                ratios = []
+                for seed in range(seeds):
+                    mix = np.eye(4) + 0.3 * np.random.default_rng(seed).normal(size=(4, 4))
+                    rng = np.random.default_rng(1000 + seed)
+                    det = make_detector(name, (), seed)
+                    det.set_features(["a", "b", "c", "d"])
+                    wrapped = Thresholded(det).calibrate(  # the default target, 0.1 % per row
+                        _normal(kind, n, rng, mix)
+                    )
+                    scores = det.score_many(_normal(kind, new_rows, rng, mix))
+                    ratios.append(round(float((scores > (wrapped.threshold or 0.0)).mean()) / TARGET, 3))
+                out[f"{name}/{kind}/{n}"] = ratios
+    return out
+
+
+def ims_protocol(folder: Path, fit_rows: int = 300, persistence: int = 3) -> dict[str, dict[str, float | None]]:
+    """Per ``detector/test``: the threshold, the first flagged snapshot after the fit rows and the share of
+    snapshots flagged after them (and, for test 3, up to snapshot 3793, long before its failure shows)."""
+    out: dict[str, dict[str, float | None]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for test, name, drop in IMS_TESTS:
+            with (folder / name).open() as f:
+                rows = list(csv.reader(f))
+            rows = rows[: len(rows) - drop]
+            feats = [c for c in rows[0] if c not in ("", "Datetime")]
+            fit, every = Path(tmp, "fit.csv"), Path(tmp, "all.csv")
+            with fit.open("w", newline="") as f:
+                csv.writer(f).writerows(rows[: fit_rows + 1])
+            with every.open("w", newline="") as f:
+                csv.writer(f).writerows(rows)
+            for det in DETECTORS:
+                model = AnomalyModel.fit(read_table(fit), features=feats, detector=det, persistence=persistence)
+                flags = model.score(read_table(every))[1]
+                after = flags[fit_rows:]
+                out[f"{det}/{test}"] = {
+                    "threshold": round(model.detector.threshold or 0.0, 4),
+                    "first_flag": int(np.argmax(after)) + fit_rows if after.any() else None,
+                    "flagged_share": round(float(after.mean()), 4),
+                    "flagged_share_to_3793": round(float(flags[fit_rows:3794].mean()), 4) if test == "3" else None,
+                }
+    return out
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def main(argv: list[str]) -> None:
+    far = synthetic_far()
+    _say(f"false-alarm rate on 20,000 new normal rows / target {TARGET} (per seed; median)")
+    for key, ratios in far.items():
+        _say(f"  {key:28s} " + " ".join(f"{r:5.2f}" for r in ratios) + f"   median {np.median(ratios):.2f}")
+    result: dict[str, object] = {"target": TARGET, "far_over_target": far}
+    if argv:
+        ims = ims_protocol(Path(argv[0]))
+        _say("IMS: fit on the first 300 snapshots, persistence 3, every snapshot scored")
+        for key, fig in ims.items():
+            _say(
+                f"  {key:16s} "
+                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fig.items())
+            )
+        result["ims"] = ims
+    _say(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
