@@ -27,6 +27,9 @@ TAIL_SHARE = 0.02
 READ_OFF = 5
 """Normal scores expected above the threshold from which it is read off the data instead of a fitted tail."""
 
+MIN_SHAPE = 0.0
+"""Lower bound on the fitted shape: a distance has no upper bound, so its tail is at least exponential."""
+
 MAX_SHAPE = 0.5
 """Upper bound on the fitted shape: beyond it the tail's variance is infinite and 30 points cannot tell."""
 
@@ -72,8 +75,8 @@ def tail_threshold(
     shape, scale = _pwm(excess)
     if not (np.isfinite(shape) and np.isfinite(scale) and scale > 0):
         return TailFit(float(s[-1]), "max")  # scores that stop varying in the tail: nothing to extrapolate
-    if not 0.0 <= shape <= MAX_SHAPE:
-        shape = min(max(shape, 0.0), MAX_SHAPE)
+    if not MIN_SHAPE <= shape <= MAX_SHAPE:
+        shape = min(max(shape, MIN_SHAPE), MAX_SHAPE)
         scale = float(excess.mean()) * (1.0 - shape)  # keep the fitted mean excess, sigma / (1 - xi)
     ratio = target * n / tail
     step = -scale * np.log(ratio) if shape < 1e-6 else scale / shape * (ratio**-shape - 1.0)
