@@ -256,9 +256,11 @@ class AnomalyModel:
         unit: str | None = None,
         changes: bool = True,
         seed: int = 0,
+        target: float = 0.001,
     ) -> AnomalyModel:
         """Fit on normal rows of ``table``; with ``unit`` (each unit's rows in time order) and ``changes``, the
-        detector also sees each sensor's change from the row before."""
+        detector also sees each sensor's change from the row before. The threshold is set so that normal rows
+        score above it at the rate ``target`` (see :class:`Thresholded`)."""
         exclude = [*condition, *([unit] if unit else [])]
         feats = list(features) if features else default_features(table, exclude)
         table.need([*feats, *condition, *([unit] if unit else [])], "feature/condition/unit")
@@ -267,7 +269,7 @@ class AnomalyModel:
         det.set_features([*feats, *([f"Δ{f}" for f in feats] if with_changes else []), *condition])
         conds = _Conditions(list(condition))
         conds.fit_codes(table)
-        wrapper = Thresholded(det, persistence=persistence, window=window)
+        wrapper = Thresholded(det, persistence=persistence, window=window, target=target)
         model = cls(feats, list(condition), wrapper, conds, unit, with_changes)
         model.detector.calibrate(model.prepare(model._raw(table), model._codes(table), model._units(table)))
         return model

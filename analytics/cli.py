@@ -174,6 +174,12 @@ def anomaly_fit(
         bool, typer.Option(help="With --unit: also score each sensor's change from the row before.")
     ] = True,
     seed: int = 0,
+    target: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of normal rows that may score above the threshold (0.001: one in 1,000)."
+        ),
+    ] = 0.001,
 ) -> None:
     """Fit a detector on normal operation and pick its threshold from held-out normal rows."""
     from analytics import DETECTORS, AnomalyModel, read_table, save_model
@@ -195,6 +201,7 @@ def anomaly_fit(
             unit=unit,
             changes=changes,
             seed=seed,
+            target=target,
         )
     meta = save_model(
         fitted,
@@ -203,6 +210,8 @@ def anomaly_fit(
         {
             "detector": detector,
             "threshold": fitted.detector.threshold,
+            "threshold_method": fitted.detector.method,
+            "false_alarm_target": target,
             "persistence": persistence,
             "unit": unit,
             "changes": fitted.changes,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from analytics import Mahalanobis, ModelError, Thresholded, clone
 from analytics._base import Matrix
 from analytics._tail import MIN_TAIL, READ_OFF, tail_threshold
+from wearline.cli import app
 
 TARGET = 0.001
 NAMES = ["a", "b", "c", "d"]
@@ -75,3 +81,22 @@ def test_the_target_is_a_rate_and_older_models_still_clone() -> None:
     old = Thresholded(Mahalanobis(), threshold=2.0)
     del old.target, old.method  # a model saved before the target existed (it had a quantile)
     assert clone(old).target == TARGET
+
+
+def test_anomaly_fit_takes_the_target_and_records_how_the_threshold_was_set(tmp_path: Path) -> None:
+    rows = np.random.default_rng(2).normal(size=(300, 3))
+    train = tmp_path / "normal.csv"
+    train.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.5f}" for v in r) for r in rows) + "\n")
+    meta: dict[str, dict[str, Any]] = {}
+    for target in ("0.001", "0.05"):
+        out = tmp_path / f"m{target}.model"
+        args = ["anomaly", "fit", "--train", str(train), "--detector", "mahalanobis", "--target", target]
+        result = CliRunner().invoke(app, [*args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        meta[target] = json.loads((tmp_path / f"m{target}.model.json").read_text())
+    # 300 rows hold 0.3 expected exceedances of one in 1,000 (a tail fit) and 15 of one in 20 (read off).
+    assert (meta["0.001"]["threshold_method"], meta["0.05"]["threshold_method"]) == ("pot", "quantile")
+    assert meta["0.05"]["false_alarm_target"] == 0.05
+    assert meta["0.05"]["threshold"] < meta["0.001"]["threshold"]
+    bad = CliRunner().invoke(app, ["anomaly", "fit", "--train", str(train), "--target", "1", "--out", str(out)])
+    assert bad.exit_code != 0
