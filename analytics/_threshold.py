@@ -20,11 +20,12 @@ class Thresholded(_Params):
     fault raises the score a little for a long time: too little for any single row, plain in the mean).
 
     :meth:`calibrate` picks the threshold from out-of-fold scores of normal rows: the score that normal rows exceed
-    at the rate ``target`` (per row), from a generalised Pareto tail fitted to the largest of them
-    (:func:`analytics._tail.tail_threshold`; with too few rows, the largest score), times ``margin``; and
-    ``sustained`` likewise from their ``window``-row means. Then it fits the detector on all rows, so both
-    thresholds reflect rows the model did not learn. ``window`` 0 or 1 turns the mean rule off. ``method`` says how
-    the threshold was found (``pot``, ``quantile`` or ``max``).
+    at the rate ``target`` (per row), read off them when at least 5 are expected above it, otherwise from a
+    generalised Pareto tail fitted to the largest of them, and with too few rows the largest score
+    (:func:`analytics._tail.tail_threshold`), times ``margin``; ``sustained`` likewise from their ``window``-row
+    means. Then it fits the detector on all rows, so both thresholds reflect rows the model did not learn.
+    ``window`` 0 or 1 turns the mean rule off. ``method`` says how the threshold was found (``quantile``, ``pot``
+    or ``max``; ``set`` when passed in).
 
     The mean rule sees each score capped at ``severe`` x ``threshold``: a row that high is flagged on its own, and
     uncapped, a few of them (a stuck sensor scores ``missing_score``) set the mean rule's threshold wherever they
