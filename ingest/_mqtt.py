@@ -1,10 +1,12 @@
 """An asyncio MQTT subscriber that acknowledges QoS 1 messages only when told to.
 
-aiomqtt acknowledges on receipt and offers no manual acknowledgement, so ingest drives paho-mqtt 2.x itself, with
-``manual_ack=True``, on the event loop's own selector (no network thread): the socket's readability calls
-``loop_read``, its writability ``loop_write``. The broker's in-flight window (MQTT 5 Receive Maximum, or the
-broker's ``max_inflight_messages`` over 3.1.1) bounds how many unacknowledged messages we can hold, and since we
-acknowledge after commit that window is the back-pressure: the broker keeps the rest.
+aiomqtt acknowledges on receipt and offers no manual acknowledgement; paho-mqtt has one, but its receive path cost
+ingest 42 us of Python a message (one ``recv`` per header byte, objects per message; issue 17). So the subscriber
+speaks MQTT itself: an :class:`asyncio.Protocol` hands each read to :class:`~ingest._mqtt_codec.Decoder`, which
+cuts every PUBLISH in it at once, and PUBACKs are written in one piece per committed batch. The broker's in-flight
+window (MQTT 5 Receive Maximum, or the broker's ``max_inflight_messages`` over 3.1.1) bounds how many
+unacknowledged messages we can hold, and since we acknowledge after commit that window is the back-pressure: the
+broker keeps the rest. paho stays for the probe below, the Sparkplug host and every publisher.
 
 Reconnecting means leaving the context and entering a new one; with a persistent session the broker redelivers
 every message we had not acknowledged. A resumed session delivers up to a whole in-flight window *before* the
@@ -18,39 +20,42 @@ import asyncio
 import collections
 import contextlib
 import logging
-import socket
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from wearline.errors import WearlineError
+from ingest import _mqtt_codec as codec
+from ingest._mqtt_codec import BrokerError, Message
 from wearline.settings import MqttSettings
 
 __all__ = ["BrokerError", "Message", "Subscriber", "probe_broker_version"]
 
 log = logging.getLogger(__name__)
 
+_CLOSE_WAIT_S = 2.0
+"""How long leaving waits for the connection to close (pending PUBACKs and the DISCONNECT written, TLS shut)."""
 
-class BrokerError(WearlineError):
-    """The broker could not be reached, refused us, or the connection dropped."""
 
+class _Connection(asyncio.Protocol):
+    """The transport's events, passed on to the subscriber."""
 
-@dataclass(slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    redelivered: bool
-    received_at: float
+    def __init__(self, owner: Subscriber) -> None:
+        self._owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self._owner._received(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._lose(f"connection closed: {exc!r}" if exc else "connection closed by the broker")
+        self._owner._closed.set()
 
 
 class Subscriber:
@@ -77,106 +82,79 @@ class Subscriber:
         self._receive_maximum = receive_maximum
         self._max_buffered = max_buffered
         self._max_payload_bytes = max_payload_bytes
+        self._ssl = settings.ssl_context()  # a missing certificate fails here, naming the setting
         self._buffer: collections.deque[Message] = collections.deque()
         self._arrived = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._sock: socket.socket | None = None
-        self._reading = False
+        self._decoder = codec.Decoder(v5=self.is_v5)
+        self._transport: asyncio.Transport | None = None
+        self._closed = asyncio.Event()
+        self._reading = True
         self._connected: asyncio.Future[bool] = self._loop.create_future()
         self._subscribed: asyncio.Future[None] = self._loop.create_future()
         self._lost: asyncio.Future[str] = self._loop.create_future()
-        self._misc: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._keepalive_s = float(settings.keepalive_s)
+        self._last_in = self._last_out = self._loop.time()
+        self._ping_sent: float | None = None
+        self._next_mid = 0
+        self._sub_mid = 0
         self.session_present = False
-        self._connack: Properties | None = None
-        self._client = self._make_client()
+        self._connack: codec.Properties = {}
 
     @property
     def is_v5(self) -> bool:
         return self._settings.protocol == "5"
 
-    def _make_client(self) -> paho.Client:
-        s = self._settings
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self.is_v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self.is_v5 else False,
-            manual_ack=True,
-            reconnect_on_failure=False,
-        )
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-        if s.tls:
-            client.tls_set_context(s.ssl_context())
-        client.connect_timeout = s.connect_timeout_s
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
-        return client
+    # --- the connection's events ----------------------------------------------------------------------------------
 
-    # paho callbacks. The socket ones also run in the executor thread that performs the blocking connect; there
-    # they hand their work to the loop. On the loop's own thread they act at once, before paho closes the socket.
-    def _on_loop(self, fn: Callable[[], object]) -> None:
-        if threading.get_ident() == self._loop_thread:
-            fn()
-        else:
-            self._loop.call_soon_threadsafe(fn)
+    def _received(self, data: bytes) -> None:
+        now = self._last_in = self._loop.time()
+        buffer = self._buffer
+        before = len(buffer)
+        try:
+            controls = self._decoder.feed(data, now, buffer)
+        except BrokerError as exc:
+            self._drop(str(exc))
+            controls = []
+        if len(buffer) != before:
+            self._arrived.set()
+            if len(buffer) >= self._max_buffered:
+                # Stop reading the socket: TCP flow control and the broker's queue hold the rest.
+                self._pause_reading()
+        for packet in controls:
+            self._control(packet)
 
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        def register() -> None:
-            self._sock = sock
-            self._resume_reading()
+    def _control(self, packet: codec.Control) -> None:
+        if isinstance(packet, codec.Pingresp):
+            self._ping_sent = None
+        elif isinstance(packet, codec.Suback):
+            self._on_suback(packet)
+        elif isinstance(packet, codec.Connack):
+            self._on_connack(packet)
+        elif isinstance(packet, codec.Disconnect):
+            self._drop(f"the broker disconnected us: {codec.explain(packet.reason, packet.properties)}")
+        # an UNSUBACK needs nothing: what the broker queued before it still arrives
 
-        self._on_loop(register)
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        def unregister() -> None:
-            self._pause_reading()
-            self._loop.remove_writer(sock)
-            self._sock = None
-
-        self._on_loop(unregister)
-
-    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._on_loop(lambda: self._loop.add_writer(sock, client.loop_write))
-
-    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._on_loop(lambda: self._loop.remove_writer(sock))
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: Any,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_connack(self, packet: codec.Connack) -> None:
         if self._connected.done():
+            self._drop("a second CONNACK")
             return
-        if reason.is_failure:
+        if packet.reason >= 0x80:
+            reason = codec.explain(packet.reason, packet.properties)
             self._connected.set_exception(BrokerError(f"broker refused the connection: {reason}"))
-        else:
-            self._connack = properties
-            self._connected.set_result(bool(flags.session_present))
-
-    def _on_subscribe(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        if self._subscribed.done():
             return
-        bad = [r for r in reasons if r.is_failure or r.value != 1]
-        if bad:
+        self._connack = packet.properties
+        keepalive = packet.properties.get("ServerKeepAlive")
+        if isinstance(keepalive, int):  # MQTT 5: the broker's keepalive replaces ours
+            self._keepalive_s = float(keepalive)
+        self._connected.set_result(packet.session_present)
+
+    def _on_suback(self, packet: codec.Suback) -> None:
+        if self._subscribed.done() or packet.mid != self._sub_mid:
+            return
+        bad = [codec.reason_name(r, suback=True) for r in packet.reasons if r != 1]
+        if bad or len(packet.reasons) != len(self._filters):
             self._subscribed.set_exception(
                 BrokerError(f"subscription to {', '.join(self._filters)} refused or downgraded: {bad}")
             )
@@ -191,52 +169,56 @@ class Subscriber:
             "resumed" if self.session_present else "new",
         )
 
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: Any,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _lose(self, reason: str) -> None:
         if not self._connected.done():
             self._connected.set_exception(BrokerError(f"disconnected before CONNACK: {reason}"))
         if not self._lost.done():
-            self._lost.set_result(str(reason))
+            self._lost.set_result(reason)
         self._arrived.set()
 
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            # Brokers should refuse such topics; if one gets through, keep it (as a dead letter later), not crash.
-            topic = "<topic is not UTF-8>"
-        self._buffer.append(Message(topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.dup), self._loop.time()))
-        self._arrived.set()
-        if len(self._buffer) >= self._max_buffered:
-            # Stop reading the socket: TCP flow control and the broker's queue hold the rest.
-            self._pause_reading()
+    def _drop(self, reason: str) -> None:
+        """Give up the connection (a protocol error, a dead broker): what was received stays to be handed out."""
+        self._lose(reason)
+        if self._transport is not None:
+            self._transport.abort()
 
-    def _on_readable(self) -> None:
-        self._client.loop_read()
+    def _send(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+            self._last_out = self._loop.time()
 
     def _pause_reading(self) -> None:
-        if self._reading and self._sock is not None:
-            self._loop.remove_reader(self._sock)
+        if self._reading and self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
             self._reading = False
 
     def _resume_reading(self) -> None:
-        if not self._reading and self._sock is not None:
-            self._loop.add_reader(self._sock, self._on_readable)
+        if not self._reading and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
             self._reading = True
+            if self._ping_sent is not None:
+                self._ping_sent = self._loop.time()  # a PINGRESP could not be read while reading was paused
 
-    async def _misc_loop(self) -> None:
-        # paho's keepalive pings and retries live in loop_misc, which wants calling about once a second.
+    async def _keepalive_loop(self) -> None:
+        # As paho did: a PINGREQ once nothing went either way for a keepalive; no PINGRESP a keepalive later while
+        # we read is a dead broker.
         while True:
-            await asyncio.sleep(1)
-            if self._client.loop_misc() != paho.MQTT_ERR_SUCCESS and not self._lost.done():
-                self._lost.set_result("keepalive or socket failure")
-                self._arrived.set()
+            await asyncio.sleep(min(1.0, self._keepalive_s / 4) if self._keepalive_s else 1.0)
+            if not self._keepalive_s or self._lost.done():
+                continue
+            now = self._loop.time()
+            if self._ping_sent is not None:
+                if self._reading and now - self._ping_sent >= self._keepalive_s:
+                    self._drop(f"keepalive timeout: no PINGRESP within {self._keepalive_s:g} s")
+            elif now - self._last_out >= self._keepalive_s or now - self._last_in >= self._keepalive_s:
+                self._send(codec.pingreq())
+                self._ping_sent = now
+
+    def _mid(self) -> int:
+        self._next_mid = self._next_mid % 65535 + 1
+        return self._next_mid
+
+    # --- the interface ------------------------------------------------------------------------------------------
 
     def _check_broker(self) -> None:
         """What an MQTT 5 CONNACK tells about the promise; refuse what breaks it, warn about what weakens it."""
@@ -247,11 +229,7 @@ class Subscriber:
                 "(mosquitto: a max_queued_messages far above any backlog) and allow at least one batch in flight (max_inflight_messages)"
             )
             return
-        props = self._connack
-
-        def got(name: str) -> object:
-            return getattr(props, name, None)
-
+        got = self._connack.get
         if got("MaximumQoS") == 0:
             raise BrokerError("the broker grants only QoS 0 (CONNACK Maximum QoS): nothing could be redelivered")
         if self._filter.startswith("$share/") and got("SharedSubscriptionAvailable") == 0:
@@ -275,6 +253,20 @@ class Subscriber:
                 self._max_payload_bytes,
             )
 
+    def _connect_packet(self, *, clean: bool) -> bytes:
+        s = self._settings
+        return codec.connect(
+            self._client_id,
+            v5=self.is_v5,
+            # MQTT 5 resumes the session with clean start off; 3.1.1 with clean session off.
+            clean=clean,
+            keepalive_s=s.keepalive_s,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password is not None else None,
+            session_expiry_s=s.session_expiry_s if self.is_v5 else None,
+            receive_maximum=self._receive_maximum if self.is_v5 else None,
+        )
+
     async def __aenter__(self) -> Subscriber:
         """Connect, check the CONNACK and send the SUBSCRIBE; the SUBACK is awaited by :meth:`next_batch`.
 
@@ -282,36 +274,29 @@ class Subscriber:
         problem must lead to a reconnection, never end the process.
         """
         s = self._settings
-        props = None
-        if self.is_v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = s.session_expiry_s
-            props.ReceiveMaximum = self._receive_maximum
         try:
-            await self._loop.run_in_executor(
-                None,
-                lambda: self._client.connect(
+            async with asyncio.timeout(s.connect_timeout_s):
+                transport, _ = await self._loop.create_connection(
+                    lambda: _Connection(self),
                     s.host,
                     s.port,
-                    keepalive=s.keepalive_s,
-                    # MQTT 5 resumes the session by clean_start; 3.1.1 by clean_session=False on the client.
-                    clean_start=False if self.is_v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-                    properties=props,
-                ),
-            )
-        except Exception as exc:  # socket, DNS, TLS and paho's own errors alike
+                    ssl=self._ssl,
+                    server_hostname=s.host if self._ssl is not None else None,
+                )
+        except Exception as exc:  # socket, DNS, TLS and the timeout alike
             raise BrokerError(f"cannot connect to the broker at {s.host}:{s.port}: {exc!r}") from exc
-        self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
+        self._transport = transport
         try:
+            self._send(self._connect_packet(clean=False))
+            self._keepalive = asyncio.create_task(self._keepalive_loop(), name="mqtt-keepalive")
             try:
                 async with asyncio.timeout(s.connect_timeout_s):
                     self.session_present = await self._connected
             except TimeoutError as exc:
                 raise BrokerError(f"no CONNACK from {s.host}:{s.port} within {s.connect_timeout_s} s") from exc
             self._check_broker()
-            result, _ = self._client.subscribe([(f, 1) for f in self._filters])
-            if result != paho.MQTT_ERR_SUCCESS:
-                raise BrokerError(f"cannot send SUBSCRIBE: {paho.error_string(result)}")
+            self._sub_mid = self._mid()
+            self._send(codec.subscribe(self._sub_mid, self._filters, v5=self.is_v5))
         except BaseException as exc:
             await self._close()
             if isinstance(exc, Exception) and not isinstance(exc, BrokerError):
@@ -326,7 +311,7 @@ class Subscriber:
 
     def unsubscribe(self) -> None:
         """Ask the broker to stop routing new messages to us; what it already queued for us still arrives."""
-        self._client.unsubscribe(self._filters)
+        self._send(codec.unsubscribe(self._mid(), self._filters, v5=self.is_v5))
 
     async def end_session(self) -> None:
         """Ask the broker to discard our session, so that it stops keeping (or routing) messages for it.
@@ -334,34 +319,36 @@ class Subscriber:
         Call after everything received has been committed and acknowledged. MQTT 5 says so in the DISCONNECT
         (Session Expiry Interval 0); MQTT 3.1.1 can only do it by connecting again with a clean session.
         """
-        if self.is_v5 and self._client.is_connected():
-            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-            self._client.loop_write()
-            self._client.disconnect(properties=props)
-            self._client.loop_write()
-            await self._close()
+        if self.is_v5 and self._connected.done() and not self._lost.done():
+            await self._close(codec.disconnect(v5=True, session_expiry_s=0))
             return
         await self._close()
         s = self._settings
-
-        def clean_connect() -> None:
-            client = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=self._client_id,
-                protocol=MQTTProtocolVersion.MQTTv311,
-                clean_session=True,
-            )
-            if s.username is not None:
-                client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-            if s.tls:
-                client.tls_set_context(s.ssl_context())
-            client.connect(s.host, s.port, keepalive=s.keepalive_s)
-            client.loop(s.connect_timeout_s)  # read the CONNACK: the session is gone from here
-            client.disconnect()
-
         try:
-            await self._loop.run_in_executor(None, clean_connect)
+            async with asyncio.timeout(s.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    s.host, s.port, ssl=self._ssl, server_hostname=s.host if self._ssl is not None else None
+                )
+                try:
+                    writer.write(
+                        codec.connect(
+                            self._client_id,
+                            v5=False,
+                            clean=True,
+                            keepalive_s=s.keepalive_s,
+                            username=s.username,
+                            password=s.password.get_secret_value() if s.password is not None else None,
+                        )
+                    )
+                    connack = await reader.readexactly(4)  # the session is gone once the CONNACK is sent
+                    if connack[0] >> 4 != codec.CONNACK or connack[3] != 0:
+                        raise BrokerError(f"clean connection refused: CONNACK {connack.hex()}")
+                    writer.write(codec.disconnect(v5=False))
+                    await writer.drain()
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
         except Exception as exc:
             raise BrokerError(f"could not end the session of {self._client_id}: {exc!r}") from exc
 
@@ -370,19 +357,27 @@ class Subscriber:
     ) -> None:
         await self._close()
 
-    async def _close(self) -> None:
-        if self._misc is not None:
-            self._misc.cancel()
+    async def _close(self, goodbye: bytes | None = None) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._misc
-        if self._client.is_connected():
-            # Flush pending acknowledgements before saying goodbye.
-            self._client.loop_write()
-            self._client.disconnect()
-            self._client.loop_write()
-        if self._sock is not None:  # paho did not close it itself (no connection was ever made)
-            self._pause_reading()
-            self._loop.remove_writer(self._sock)
+                await self._keepalive
+            self._keepalive = None
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if self._connected.done() and not self._lost.done():
+                # After the pending acknowledgements (close() writes what is buffered first).
+                self._send(goodbye or codec.disconnect(v5=self.is_v5))
+            if not self._connected.done():
+                self._connected.cancel()  # nobody waits for it any more: no "exception never retrieved"
+            self._lose("closed by us")
+            transport.close()
+        if transport is not None:
+            try:
+                async with asyncio.timeout(_CLOSE_WAIT_S):
+                    await self._closed.wait()
+            except TimeoutError:
+                transport.abort()
         self._buffer.clear()
 
     @property
@@ -422,7 +417,8 @@ class Subscriber:
                 async with asyncio.timeout(timeout):
                     await self._arrived.wait()
         n = min(max_messages, len(self._buffer))
-        batch = [self._buffer.popleft() for _ in range(n)]
+        popleft = self._buffer.popleft
+        batch = [popleft() for _ in range(n)]
         if len(self._buffer) < self._max_buffered // 2:
             self._resume_reading()
         return batch
@@ -432,9 +428,9 @@ class Subscriber:
         connection is lost (the next session's packet ids are not these)."""
         if self._lost.done():
             return
-        for m in messages:
-            if m.qos > 0:
-                self._client.ack(m.mid, m.qos)
+        mids = [m.mid for m in messages if m.qos]
+        if mids:
+            self._send(codec.puback(mids))
 
 
 def _probe(settings: MqttSettings, client_id: str, wait_s: float) -> str | None:
