@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,7 +95,11 @@ def test_demo_raises_both_tickets_and_acknowledges_one_through_the_api(demo_env:
     print(done.stdout)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Ticket #1 " in done.stdout
-    assert "Abnormal vibration_rms on acme/plant1/line1/pump-002" in done.stdout
+    # The ticket names the sensors of its first anomaly: the worn bearing's vibration, with its temperature when both
+    # crossed in the same pass (timing decides which).
+    assert re.search(
+        r"Abnormal (bearing_temp, )?vibration_rms(, bearing_temp)? on acme/plant1/line1/pump-002", done.stdout
+    )
     assert "Predicted failure of acme/plant1/line1/pump-002 in " in done.stdout
     assert "POST /api/v1/tickets/1/acknowledge -> status acknowledged, by demo via demo" in done.stdout
     assert f"Board: http://127.0.0.1:{port}/board" in done.stdout

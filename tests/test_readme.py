@@ -200,11 +200,14 @@ def test_live_block_runs_as_written_and_the_faulty_pump_gets_its_ticket(env: dic
                 run(args, env, tmp_path)
                 continue
             if args[:2] == ["tickets", "list"]:
-                deadline = time.monotonic() + 60
+                # A user re-runs the command until the ticket shows; on a loaded 2-core machine (CI beside other
+                # jobs) analytics can lag the accelerated plant by a minute.
+                deadline = time.monotonic() + 120
                 while "pump-002" not in (out := run(args, env, tmp_path)) and time.monotonic() < deadline:
                     time.sleep(1)
                 print(out)
-                assert "pump-002" in out, "the pump with the injected bearing wear has a ticket"
+                stage_logs = {n: logs[n].read_text()[-1500:] for n in ("analytics", "alerts") if n in logs}
+                assert "pump-002" in out, f"the pump with the injected bearing wear has no ticket: {stage_logs}"
                 continue
             run(args, env, tmp_path)
         assert set(stages) == STAGES, "the README starts every stage"
