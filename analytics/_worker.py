@@ -429,6 +429,9 @@ class _Scorer:
         hour = (last.replace(minute=0, second=0, microsecond=0), version)
         if self.rul_hours.get(machine_id) == hour:
             return 0
+        young = timedelta(hours=self.settings.analytics.rul_min_history_h)
+        if young and (machine.first is None or last - machine.first < young):
+            return 0  # too young to tell: asked again next pass, without reading its history
         rolled = machine.sensors[:ROLLUP_POSITIONS]
         beyond = [f for f in rm.features if f in machine.sensors[ROLLUP_POSITIONS:]]
         if beyond:

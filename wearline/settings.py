@@ -273,6 +273,10 @@ class AnalyticsSettings(_Section):
     baseline_rows: Annotated[int, Field(ge=10)] = 300
     z_threshold: Annotated[float, Field(gt=0)] = 6.0
     min_flagged: Annotated[int, Field(ge=1)] = 3
+    rul_min_history_h: Annotated[float, Field(ge=0)] = 24.0
+    """No remaining-life estimate for a machine with less history than this since its first reading: a model that
+    reads drift from a machine's own start sees none in an hour or two and guesses low (the demo's healthy pumps got
+    low first estimates from one or two hourly rows: predictive tickets they did not deserve)."""
     metrics_port: Port = 9102
 
 

@@ -464,9 +464,13 @@ async def test_persistence_carries_across_passes_of_one_row(migrated: Settings) 
     assert all(d["scored_rows"] == 1 for _, d in found), "each pass scored one row"
 
 
+def _no_min_history(settings: Settings) -> Settings:
+    return settings.model_copy(update={"analytics": settings.analytics.model_copy(update={"rul_min_history_h": 0.0})})
+
+
 async def test_one_rul_estimate_per_machine_and_hour(migrated: Settings, tmp_path: Path) -> None:
     """Passes that each score a few readings of the same hour write that hour's RUL estimate once."""
-    settings = migrated
+    settings = _no_min_history(migrated)  # the machines are 40 minutes old
     _rul_model(tmp_path, np.random.default_rng(5))
     start = _hour(datetime.now(UTC)) - timedelta(hours=1)
     conn = await connect(settings.database)
@@ -493,6 +497,45 @@ async def test_one_rul_estimate_per_machine_and_hour(migrated: Settings, tmp_pat
         cur = await conn.execute("SELECT machine_id, count(*) FROM rul_estimates GROUP BY machine_id")
         per_machine = dict(await cur.fetchall())
     assert per_machine == dict.fromkeys(ids, 1)
+
+
+async def test_no_rul_estimate_before_the_minimum_history(migrated: Settings, tmp_path: Path, storage: str) -> None:
+    """``analytics.rul_min_history_h`` (24 h by default): a machine first seen 25 h ago gets its estimate, one first
+    seen 23 h ago does not, though both report in the same hour; with the minimum at 0 both do."""
+    _rul_model(tmp_path, np.random.default_rng(5))
+    now = datetime.now(UTC)
+    ages = [25.0, 23.0]
+    results: list[list[int]] = []
+    for settings in (migrated, _no_min_history(migrated)):
+        async with await connect(settings.database) as conn:
+            if not results:
+                ids = await _setup(conn, settings)
+                await _type_with_models(conn, tmp_path, ["r.model"])
+                await _days_back_to(conn, settings, now - timedelta(hours=max(ages)))
+                vals: list[float | None] = [2.0, 50.0, 75.0]
+                rows = [(mid, now - timedelta(hours=age), vals) for mid, age in zip(ids, ages, strict=False)]
+                rows += [(mid, now - timedelta(minutes=k), vals) for mid in ids[: len(ages)] for k in (20, 10)]
+                await _copy(conn, rows)
+                await _backfilled(settings, storage)
+            await conn.execute("DELETE FROM analytics_watermarks")
+            await conn.execute("DELETE FROM rul_estimates")
+            await conn.commit()
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_analytics(settings, stop, registry=CollectorRegistry(), worker="solo"))
+            try:
+                await _wait(
+                    conn,
+                    "SELECT count(*) FROM analytics_watermarks WHERE detector = 'ewma_mad' AND last_time = %s",
+                    [now - timedelta(minutes=10)],
+                    len(ages),
+                    "both machines scored",
+                )
+            finally:
+                stop.set()
+                await task
+            cur = await conn.execute("SELECT machine_id FROM rul_estimates ORDER BY machine_id")
+            results.append([r[0] for r in await cur.fetchall()])
+    assert results == [ids[:1], ids[: len(ages)]], results
 
 
 async def test_a_crashed_workers_machines_are_taken_over_when_its_leases_expire(migrated: Settings) -> None:
