@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ingest._conflicts import Clash, Entry, conflicts_of, describe
+from ingest._copy import encode_readings
 from ingest._gateway_scope import GatewayScope, NoGateway
 from ingest._limits import DeadLetterLimiter, LruCache
 from ingest._metrics import IngestMetrics
@@ -30,7 +31,7 @@ from wearline.sparkplug import NAMESPACE as SPARKPLUG_NAMESPACE
 from wearline.sparkplug import SparkplugError
 from wearline.sparkplug import parse_topic as parse_sparkplug_topic
 from wearline.topics import MachinePath, TopicError, parse_telemetry_topic
-from wearline.wire import DecodedMessage, PayloadError, Reason, decode_message, ms_to_datetime
+from wearline.wire import DecodedMessage, PayloadError, Reason, decode_message
 
 __all__ = ["BatchWriter", "Committed", "DeadLetter", "prepare_connection"]
 
@@ -490,10 +491,8 @@ class BatchWriter:
                 async with conn.cursor().copy(
                     "COPY readings_stage (machine_id, time, vals) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    copy.set_types(["int4", "timestamptz", "float8[]"])
-                    for (machine_id, ms), vals in rows.items():
-                        await copy.write_row((machine_id, ms_to_datetime(ms), vals))
-                        readings += len(vals) - vals.count(None)
+                    await copy.write(encode_readings(rows))
+                readings = sum(len(vals) - vals.count(None) for vals in rows.values())
                 inserted = await (await conn.execute(_INSERT_NEW)).fetchone()
                 existing = [] if inserted == (len(rows),) else await (await conn.execute(_MERGE_EXISTING)).fetchall()
                 for machine_id, ms, old in existing:
