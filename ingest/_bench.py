@@ -493,6 +493,12 @@ def run_bench(
         check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile_to is not None)
     except WearlineError as exc:
         raise BenchOptionError(str(exc)) from exc
+    if cprofile_to is not None:
+        # Each worker writes its statistics there when it stops; a missing folder lost them after the whole run.
+        try:
+            cprofile_to.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchOptionError(f"--cprofile {cprofile_to}: cannot create the folder: {exc.strerror}") from exc
     with progress(f"profile {samples_per_message * sensors} readings/msg: starting") as bar:
         return _run(
             settings,
@@ -714,7 +720,13 @@ def _run(
             used["database"] = None if db_cpu is None else round(db_cpu, 2)
             stop.set()
             for _ in procs:
-                results.append(out.get(timeout=60))
+                try:
+                    results.append(out.get(timeout=60))
+                except queue.Empty as exc:
+                    codes = [p.exitcode for p in procs]
+                    raise WearlineError(
+                        f"an ingest worker sent no report within 60 s of its stop (exit codes {codes})"
+                    ) from exc
             for p in [*procs, pub]:
                 p.join(30)
         finally:
