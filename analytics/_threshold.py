@@ -22,8 +22,8 @@ class Thresholded(_Params):
     :meth:`calibrate` picks the threshold from out-of-fold scores of normal rows: the score that normal rows exceed
     at the rate ``target`` (per row), read off them when at least 5 are expected above it, otherwise from a
     generalised Pareto tail fitted to the largest of them, and with too few rows the largest score
-    (:func:`analytics._tail.tail_threshold`), times ``margin``; ``sustained`` likewise from their ``window``-row
-    means. Then it fits the detector on all rows, so both thresholds reflect rows the model did not learn.
+    (:func:`analytics._tail.tail_threshold`), times ``margin``; ``sustained`` is the quantile of their ``window``-row
+    means at that rate, read off (see :meth:`calibrate`). Then it fits the detector on all rows, so both thresholds reflect rows the model did not learn.
     ``window`` 0 or 1 turns the mean rule off. ``method`` says how the threshold was found (``quantile``, ``pot``
     or ``max``; ``set`` when passed in).
 
