@@ -21,7 +21,7 @@ from ingest import _mqtt_codec as codec
 from ingest._mqtt import BrokerError, Subscriber
 from ingest._mqtt_codec import Decoder, MalformedPacket, Message
 from tests.conftest import TEST_MQTT, unique
-from tests.ingest._fault_support import Broker
+from tests.ingest._fault_support import Broker, broker
 from wearline.mosquitto import LocalAuth, LocalBroker, password_entry
 from wearline.settings import MqttSettings
 
@@ -252,14 +252,12 @@ async def _until_lost(sub: Subscriber) -> None:
 @pytest.fixture
 def stoppable_broker() -> Iterator[Broker]:
     """A Mosquitto of the test's own, to be stopped with SIGSTOP (and continued before it is killed)."""
-    b = Broker()
-    b.start()
-    try:
-        yield b
-    finally:
-        if b.proc is not None:
-            b.proc.send_signal(signal.SIGCONT)
-        b.close()
+    with broker() as b:
+        try:
+            yield b
+        finally:
+            if b.proc is not None:
+                b.proc.send_signal(signal.SIGCONT)
 
 
 async def test_a_broker_that_stops_answering_is_found_by_the_keepalive(stoppable_broker: Broker) -> None:
