@@ -1,64 +1,69 @@
 """Alerts: anomalies and low remaining life become deduplicated, prioritised service tickets with a lifecycle."""
 
-from alerts._app import create_app, serve_api
-from alerts._bench import TicketBench, run_ticket_bench
-from alerts._cmms import (
-    DEFAULT_STATUSES,
-    CmmsAdapter,
-    CmmsAdapterInfo,
-    CmmsError,
-    Filing,
-    RestAdapter,
-    StatusApplied,
-    StatusReport,
-    add_cmms_adapter,
-    apply_status,
-    file_work_requests,
-    list_cmms_adapters,
-    remove_cmms_adapter,
-)
-from alerts._lifecycle import (
-    LIVE_STATUSES,
-    STATUSES,
-    Evidence,
-    Filed,
-    TicketError,
-    assign,
-    comment,
-    escalate_unacknowledged,
-    file_evidence,
-    resolve_cleared,
-    set_status,
-)
-from alerts._rules import ISO_20816_ZONES, RuleBook, RuleError, RuleSet, load_rules
-from alerts._ticket_mqtt import TicketPublisher, ticket_topic
-from alerts._tickets import (
-    Ticket,
-    TicketEvent,
-    TicketQuery,
-    find_tickets,
-    list_tickets,
-    priority_for,
-    priority_for_rul,
-    process_anomalies,
-    process_rul,
-    ticket_history,
-    ticket_json,
-)
-from alerts._tokens import Scope, TokenError, TokenInfo, create_token, list_tokens, revoke_token
-from alerts._watch import WatchSummary, watch_dead_letters, watch_readings
-from alerts._webhooks import (
-    Delivery,
-    WebhookError,
-    WebhookInfo,
-    add_webhook,
-    deliver_due,
-    list_webhooks,
-    payload,
-    remove_webhook,
-    sign,
-)
-from alerts._worker import AlertsSummary, alerts_pass, lifecycle_durations, run_alerts
+from typing import TYPE_CHECKING
+
+from wearline.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from alerts._app import create_app, serve_api
+    from alerts._bench import TicketBench, run_ticket_bench
+    from alerts._cmms import (
+        DEFAULT_STATUSES,
+        CmmsAdapter,
+        CmmsAdapterInfo,
+        CmmsError,
+        Filing,
+        RestAdapter,
+        StatusApplied,
+        StatusReport,
+        add_cmms_adapter,
+        apply_status,
+        file_work_requests,
+        list_cmms_adapters,
+        remove_cmms_adapter,
+    )
+    from alerts._lifecycle import (
+        LIVE_STATUSES,
+        STATUSES,
+        Evidence,
+        Filed,
+        TicketError,
+        assign,
+        comment,
+        escalate_unacknowledged,
+        file_evidence,
+        resolve_cleared,
+        set_status,
+    )
+    from alerts._rules import ISO_20816_ZONES, RuleBook, RuleError, RuleSet, load_rules
+    from alerts._ticket_mqtt import TicketPublisher, ticket_topic
+    from alerts._tickets import (
+        Ticket,
+        TicketEvent,
+        TicketQuery,
+        find_tickets,
+        list_tickets,
+        priority_for,
+        priority_for_rul,
+        process_anomalies,
+        process_rul,
+        ticket_history,
+        ticket_json,
+    )
+    from alerts._tokens import Scope, TokenError, TokenInfo, create_token, list_tokens, revoke_token
+    from alerts._watch import WatchSummary, watch_dead_letters, watch_readings
+    from alerts._webhooks import (
+        Delivery,
+        WebhookError,
+        WebhookInfo,
+        add_webhook,
+        deliver_due,
+        list_webhooks,
+        payload,
+        remove_webhook,
+        sign,
+    )
+    from alerts._worker import AlertsSummary, alerts_pass, lifecycle_durations, run_alerts
 
 __all__ = [
     "DEFAULT_STATUSES",
@@ -130,3 +135,77 @@ __all__ = [
     "watch_dead_letters",
     "watch_readings",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "create_app": "alerts._app",
+        "serve_api": "alerts._app",
+        "TicketBench": "alerts._bench",
+        "run_ticket_bench": "alerts._bench",
+        "DEFAULT_STATUSES": "alerts._cmms",
+        "CmmsAdapter": "alerts._cmms",
+        "CmmsAdapterInfo": "alerts._cmms",
+        "CmmsError": "alerts._cmms",
+        "Filing": "alerts._cmms",
+        "RestAdapter": "alerts._cmms",
+        "StatusApplied": "alerts._cmms",
+        "StatusReport": "alerts._cmms",
+        "add_cmms_adapter": "alerts._cmms",
+        "apply_status": "alerts._cmms",
+        "file_work_requests": "alerts._cmms",
+        "list_cmms_adapters": "alerts._cmms",
+        "remove_cmms_adapter": "alerts._cmms",
+        "LIVE_STATUSES": "alerts._lifecycle",
+        "STATUSES": "alerts._lifecycle",
+        "Evidence": "alerts._lifecycle",
+        "Filed": "alerts._lifecycle",
+        "TicketError": "alerts._lifecycle",
+        "assign": "alerts._lifecycle",
+        "comment": "alerts._lifecycle",
+        "escalate_unacknowledged": "alerts._lifecycle",
+        "file_evidence": "alerts._lifecycle",
+        "resolve_cleared": "alerts._lifecycle",
+        "set_status": "alerts._lifecycle",
+        "ISO_20816_ZONES": "alerts._rules",
+        "RuleBook": "alerts._rules",
+        "RuleError": "alerts._rules",
+        "RuleSet": "alerts._rules",
+        "load_rules": "alerts._rules",
+        "TicketPublisher": "alerts._ticket_mqtt",
+        "ticket_topic": "alerts._ticket_mqtt",
+        "Ticket": "alerts._tickets",
+        "TicketEvent": "alerts._tickets",
+        "TicketQuery": "alerts._tickets",
+        "find_tickets": "alerts._tickets",
+        "list_tickets": "alerts._tickets",
+        "priority_for": "alerts._tickets",
+        "priority_for_rul": "alerts._tickets",
+        "process_anomalies": "alerts._tickets",
+        "process_rul": "alerts._tickets",
+        "ticket_history": "alerts._tickets",
+        "ticket_json": "alerts._tickets",
+        "Scope": "alerts._tokens",
+        "TokenError": "alerts._tokens",
+        "TokenInfo": "alerts._tokens",
+        "create_token": "alerts._tokens",
+        "list_tokens": "alerts._tokens",
+        "revoke_token": "alerts._tokens",
+        "WatchSummary": "alerts._watch",
+        "watch_dead_letters": "alerts._watch",
+        "watch_readings": "alerts._watch",
+        "Delivery": "alerts._webhooks",
+        "WebhookError": "alerts._webhooks",
+        "WebhookInfo": "alerts._webhooks",
+        "add_webhook": "alerts._webhooks",
+        "deliver_due": "alerts._webhooks",
+        "list_webhooks": "alerts._webhooks",
+        "payload": "alerts._webhooks",
+        "remove_webhook": "alerts._webhooks",
+        "sign": "alerts._webhooks",
+        "AlertsSummary": "alerts._worker",
+        "alerts_pass": "alerts._worker",
+        "lifecycle_durations": "alerts._worker",
+        "run_alerts": "alerts._worker",
+    },
+)
