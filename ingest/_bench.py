@@ -95,6 +95,13 @@ class BenchResult:
     """``own`` (our Mosquitto, shipped configuration) or the external broker's HOST:PORT."""
     committed_by: str = "wearline"
     """``wearline`` (the workers' own count) or ``peer`` (the --count-sql query on another service's table)."""
+    backlog_messages: int = 0
+    """A drain (``--backlog``): messages queued while the workers were down. The committed rate and the CPU
+    window then run from the restarted workers' start to the last commit; ``duration_s`` and the offered rate are
+    the queueing's; latency is not measured (a backlog's readings wait by design)."""
+    first_commit_s: float | None = None
+    """A drain: seconds from starting the new workers to their first commit (process start, connections, session
+    resumption), to within 0.05 s."""
 
 
 # --- broker ---------------------------------------------------------------------------------------------------
@@ -363,6 +370,7 @@ def _publisher(
     rate: float,
     go: MpEvent,
     out: Any,
+    count: int = 0,
 ) -> None:
     client = _RawPublisher(port, f"wlbench-pub-{uuid.uuid4().hex[:8]}", _MAX_IN_FLIGHT, host=host)
     topic_fields = []
@@ -408,7 +416,7 @@ def _publisher(
         return topic_fields[i], payload
 
     go.wait()
-    publish_paced(client, out, message, last=last, spm=spm, duration_s=duration_s, rate=rate)
+    publish_paced(client, out, message, last=last, spm=spm, duration_s=duration_s, rate=rate, count=count)
 
 
 def publish_paced(
@@ -420,16 +428,18 @@ def publish_paced(
     spm: int,
     duration_s: float,
     rate: float,
+    count: int = 0,
 ) -> None:
     """The measured part of a publisher child: machine after machine, ``rate`` messages/s (0: as fast as the broker
-    acknowledges) for ``duration_s``; ``message(i, first_ts, now_ms)`` renders machine ``i``'s message of ``spm``
-    samples from ``first_ts`` on (after its last one, and never ahead of the clock). Reports to ``out`` when the
-    broker has acknowledged everything."""
+    acknowledges) for ``duration_s``, or ``count`` messages whatever the time when ``count`` is set;
+    ``message(i, first_ts, now_ms)`` renders machine ``i``'s message of ``spm`` samples from ``first_ts`` on (after
+    its last one, and never ahead of the clock). Reports to ``out`` when the broker has acknowledged everything."""
     machines = len(last)
     started = time.monotonic()
     sent = 0
-    while (elapsed := time.monotonic() - started) < duration_s:
-        n = min(_BATCH, client.room())
+    while sent < count if count else time.monotonic() - started < duration_s:
+        elapsed = time.monotonic() - started
+        n = min(_BATCH, client.room(), count - sent if count else _BATCH)
         if rate:
             n = min(n, int(rate * elapsed) + 1 - sent)
             if n <= 0:
@@ -444,8 +454,11 @@ def publish_paced(
             batch.append(message(i, base, now_ms))
             sent += 1
         client.send(batch)
-    publish_s = time.monotonic() - started
+    if not count:
+        publish_s = time.monotonic() - started
     client.drain()
+    if count:  # a backlog is queued once the broker has acknowledged all of it
+        publish_s = time.monotonic() - started
     client.close()
     out.put(("publisher", sent, publish_s, asdict(_own_use())))
 
@@ -470,6 +483,7 @@ def run_bench(
     cprofile_to: Path | None = None,
     sparkplug: bool = False,
     external: BenchExternal | None = None,
+    backlog: int = 0,
 ) -> BenchResult:
     """One profile: start broker, schema and workers, publish for ``duration_s``, wait for the commits, measure.
 
@@ -478,6 +492,9 @@ def run_bench(
     ``sparkplug``: publish the fleet as Sparkplug B edge nodes instead of JSON (``ingest/_bench_sparkplug.py``).
     ``external``: publish to a broker we did not start and, with a count query, count another service's rows
     instead of running Wearline's workers (``ingest/_bench_peer.py``).
+    ``backlog``: a drain instead: once the fleet is registered the workers are killed (kill -9), ``backlog``
+    messages are queued for their sessions as fast as the broker takes them, and new workers with the same client
+    ids are started and timed until the last reading is committed.
     Impossible options raise :class:`BenchOptionError` naming the command-line option, before anything starts.
     """
     ext = external or BenchExternal()
@@ -488,11 +505,14 @@ def run_bench(
         samples_per_message=samples_per_message,
         duration_s=duration_s,
         rate=rate,
+        backlog=backlog,
     )
     try:
         check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile_to is not None)
     except WearlineError as exc:
         raise BenchOptionError(str(exc)) from exc
+    if backlog and ext.peer:
+        raise BenchOptionError("--backlog kills and restarts Wearline's workers: it cannot drain another service")
     if cprofile_to is not None:
         # Each worker writes its statistics there when it stops; a missing folder lost them after the whole run.
         try:
@@ -513,11 +533,19 @@ def run_bench(
             bar=bar,
             sparkplug=sparkplug,
             ext=ext,
+            backlog=backlog,
         )
 
 
 def _check_options(
-    *, workers: int, machines: int, sensors: int, samples_per_message: int, duration_s: float, rate: float
+    *,
+    workers: int,
+    machines: int,
+    sensors: int,
+    samples_per_message: int,
+    duration_s: float,
+    rate: float,
+    backlog: int = 0,
 ) -> None:
     # The command line bounds most of these already; a profile of 0 or fewer readings passes its multiple-of-sensors
     # check, and an infinite rate or duration passes a lower bound (before: a run of bad_schema dead letters
@@ -534,6 +562,8 @@ def _check_options(
         raise BenchOptionError(f"--duration {duration_s:g}: must be a finite number of seconds above 0")
     if not (math.isfinite(rate) and rate >= 0):
         raise BenchOptionError(f"--rate {rate:g}: must be a finite number of messages/s, or 0 for as fast as it can")
+    if backlog < 0:
+        raise BenchOptionError(f"--backlog {backlog}: must be a number of messages, or 0 for a paced run")
 
 
 @contextlib.contextmanager
@@ -585,6 +615,7 @@ def _run(
     bar: Bar,
     sparkplug: bool = False,
     ext: BenchExternal,
+    backlog: int = 0,
 ) -> BenchResult:
     profile = f"{'sparkplug ' if sparkplug else ''}profile {samples_per_message * sensors} readings/msg"
     ctx = mp.get_context("spawn")
@@ -614,24 +645,42 @@ def _run(
         counters = [ctx.Value("q", 0) for _ in range(n_workers)]
         ready = [ctx.Event() for _ in range(n_workers)]
         measuring = ctx.Event()
-        procs = [
-            ctx.Process(
-                target=_worker,
-                kwargs={
-                    "settings": _sparkplug_settings(run_settings, i, workers) if sparkplug else run_settings,
-                    "client_id": f"wlbench-{i}-{uuid.uuid4().hex[:6]}",
-                    "ready": ready[i],
-                    "measuring": measuring,
-                    "stop": stop,
-                    "committed": counters[i],
-                    "out": out,
-                    "keep": 200_000,
-                    "cprofile_to": str(cprofile_to) if cprofile_to else None,
-                },
-                name=f"ingest-{i}",
-            )
-            for i in range(n_workers)
-        ]
+        client_ids = [f"wlbench-{i}-{uuid.uuid4().hex[:6]}" for i in range(n_workers)]
+
+        def worker_settings(i: int) -> Settings:
+            if sparkplug:
+                return _sparkplug_settings(run_settings, i, workers)
+            if backlog:
+                # Mosquitto queues nothing for a shared subscription's member while it is down: a drain needs the
+                # partitioned scheme's plain persistent subscriptions (ingest.subscription's default).
+                ing = run_settings.ingest.model_copy(
+                    update={"subscription": "partitioned", "workers": workers, "worker": i}
+                )
+                return run_settings.model_copy(update={"ingest": ing})
+            return run_settings
+
+        def spawn_workers() -> list[Any]:
+            # A drain's second generation takes over the first's client ids, and with them its sessions.
+            return [
+                ctx.Process(
+                    target=_worker,
+                    kwargs={
+                        "settings": worker_settings(i),
+                        "client_id": client_ids[i],
+                        "ready": ready[i],
+                        "measuring": measuring,
+                        "stop": stop,
+                        "committed": counters[i],
+                        "out": out,
+                        "keep": 200_000,
+                        "cprofile_to": str(cprofile_to) if cprofile_to else None,
+                    },
+                    name=f"ingest-{i}",
+                )
+                for i in range(n_workers)
+            ]
+
+        procs = spawn_workers()
         publisher_kwargs: dict[str, object] = {"host": host} if not sparkplug else {}
         pub = ctx.Process(
             target=_sparkplug_publisher() if sparkplug else _publisher,
@@ -646,6 +695,7 @@ def _run(
                 "rate": rate,
                 "go": go,
                 "out": out,
+                "count": backlog,
             },
             name="publisher",
         )  # fmt: skip
@@ -680,6 +730,28 @@ def _run(
                 log.warning(
                     "warm-up: %d of %d readings committed before the clock started", warm_committed, warm_expected
                 )
+            published_msgs, publish_s, pub_use = None, 0.0, ProcessUse(0, 0)
+            drain_t0 = 0.0
+            if backlog:
+                # kill -9, as a crash or a node loss would: the sessions stay with the broker, which queues the
+                # backlog for them; then a second generation of workers resumes those sessions and drains it.
+                for p in procs:
+                    p.kill()
+                    p.join()
+                go.set()
+                _, published_msgs, publish_s, pub_dict = _publisher_report(
+                    out, bar, f"{profile}: queueing a backlog of {backlog:,} messages", duration_s, lambda: None
+                )
+                pub_use = ProcessUse(**pub_dict)
+                # New events and counters (the counts carried over) for the new workers: a worker killed while it
+                # waited on an event leaves it counting a sleeper that never wakes, and setting it then blocks.
+                counters[:] = [ctx.Value("q", c.value) for c in counters]
+                ready[:] = [ctx.Event() for _ in range(n_workers)]
+                stop, measuring = ctx.Event(), ctx.Event()
+                procs = spawn_workers()
+                drain_t0 = time.monotonic()
+                for p in procs:
+                    p.start()
             measuring.set()
             cpu = _Cpu(
                 {
@@ -696,18 +768,24 @@ def _run(
             cpu.start()
             if procs or ext.peer_pids:
                 backends.start()
-            t0 = time.monotonic()
-            go.set()
-            published_msgs, publish_s, pub_use = None, 0.0, ProcessUse(0, 0)
+            # A drain's clock starts with its workers' processes, start-up and session resumption included.
+            t0 = time.monotonic() if not backlog else drain_t0
             results: list[tuple[str, list[float], dict[str, float]]] = []
-            item = _publisher_report(out, bar, f"{profile}: publishing", duration_s, backends.poll)
-            _, published_msgs, publish_s, pub_dict = item
-            pub_use = ProcessUse(**pub_dict)
+            if not backlog:
+                go.set()
+                item = _publisher_report(out, bar, f"{profile}: publishing", duration_s, backends.poll)
+                _, published_msgs, publish_s, pub_dict = item
+                pub_use = ProcessUse(**pub_dict)
+            assert published_msgs is not None
             expected = warm_expected + published_msgs * samples_per_message * sensors
-            deadline = time.monotonic() + drain_timeout_s
+            # A backlog is all waiting at once: allow for committing it at a slow 20,000 readings/s on top.
+            deadline = time.monotonic() + drain_timeout_s + (expected / 20_000 if backlog else 0.0)
             shown = committed()
             bar.phase(f"{profile}: waiting for the last commits", total=expected - shown)
+            first_commit_s = None
             while (now := committed()) < expected and time.monotonic() < deadline:
+                if first_commit_s is None and now > warm_committed:
+                    first_commit_s = time.monotonic() - t0
                 bar.advance(now - shown)
                 shown = now
                 backends.poll()
@@ -739,7 +817,7 @@ def _run(
             if n_workers:
                 _drop_schema(settings, schema)
     committed_total = committed() if peer_count is None else peer_seen[0] - peer_base
-    latencies = sorted(x for _, lat, _ in results for x in lat)
+    latencies = [] if backlog else sorted(x for _, lat, _ in results for x in lat)
     offered = published_msgs * samples_per_message * sensors / publish_s if publish_s else 0.0
     readings = published_msgs * samples_per_message * sensors
     if backends.why_not is None and used["database"] is not None:
@@ -778,6 +856,8 @@ def _run(
         database_cpu=database_cpu,
         broker=ext.broker_label(),
         committed_by="peer" if peer_count is not None else "wearline",
+        backlog_messages=backlog,
+        first_commit_s=round(first_commit_s, 2) if backlog and first_commit_s is not None else None,
     )
 
 

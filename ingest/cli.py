@@ -75,6 +75,14 @@ def bench_ingest(
     peer_pid: Annotated[
         list[int] | None, typer.Option(help="A process of the other service, for its CPU and its database backends.")
     ] = None,
+    backlog: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Time a drain instead: kill -9 the registered workers, queue this many messages for their sessions, "
+            "restart them and time them until the last commit.",
+        ),
+    ] = 0,
 ) -> None:
     """Start WORKERS ingest processes, our own Mosquitto (shipped config) and schema; publish from another process.
 
@@ -82,7 +90,8 @@ def bench_ingest(
     (workers, broker, database backends, publisher), peak RSS per worker and loss, then one JSON line with every
     figure. Broker protocol and batching come from the settings (``WEARLINE_MQTT__PROTOCOL``,
     ``WEARLINE_INGEST__*``). With ``--broker``, ``--count-dsn`` and ``--count-sql`` the same publisher measures
-    another service (Node-RED, Telegraf) instead of Wearline's workers: see docs/ingest.md.
+    another service (Node-RED, Telegraf) instead of Wearline's workers: see docs/ingest.md. With ``--backlog N``
+    each profile is a drain of N queued messages instead of ``--duration`` seconds of publishing.
     """
     from ingest import BenchExternal, check_bench_external, parse_bench_broker, run_bench
 
@@ -102,8 +111,9 @@ def bench_ingest(
             raise typer.BadParameter(f"profile {p} is not a multiple of --sensors {sensors}", param_hint="--profile")
     ing = settings.ingest
     typer.echo(
-        f"settings: workers={workers} machines={machines} sensors={sensors} profiles={profiles} duration={duration}s "
-        f"rate={rate or 'max'} msg/s protocol=MQTT {settings.mqtt.protocol} batch_max_messages={ing.batch_max_messages} "
+        f"settings: workers={workers} machines={machines} sensors={sensors} profiles={profiles} "
+        + (f"backlog={backlog} messages " if backlog else f"duration={duration}s ")
+        + f"rate={rate or 'max'} msg/s protocol=MQTT {settings.mqtt.protocol} batch_max_messages={ing.batch_max_messages} "
         f"batch_max_delay_ms={ing.batch_max_delay_ms} receive_maximum={ing.receive_maximum} "
         f"database={settings.database.dsn.split('@')[-1]} (own schema) "
         + (
@@ -126,17 +136,26 @@ def bench_ingest(
             cprofile_to=cprofile,
             sparkplug=spb,
             external=ext,
+            backlog=backlog,
         )
         results.append(r)
-        latency = (
-            "latency not measured (the other service's commit times are unknown)"
-            if ext.peer
-            else f"latency p50/p95/p99 {r.latency_p50_ms:.0f}/{r.latency_p95_ms:.0f}/{r.latency_p99_ms:.0f} ms"
-        )
-        typer.echo(
-            f"{'sparkplug ' if spb else ''}profile {p:>4} readings/msg: offered {r.offered_readings_per_s:>9,.0f}/s  committed "
-            f"{r.committed_readings_per_s:>9,.0f}/s  {latency}  lost {r.lost_readings}"
-        )
+        if backlog:
+            what = (
+                f"backlog of {r.messages:,} messages queued in {r.duration_s:.1f} s, drained at "
+                f"{r.committed_readings_per_s:>9,.0f} readings/s in {r.cpu_window_s:.1f} s (restart included: first "
+                f"commit after {r.first_commit_s} s)"
+            )
+        else:
+            latency = (
+                "latency not measured (the other service's commit times are unknown)"
+                if ext.peer
+                else f"latency p50/p95/p99 {r.latency_p50_ms:.0f}/{r.latency_p95_ms:.0f}/{r.latency_p99_ms:.0f} ms"
+            )
+            what = (
+                f"offered {r.offered_readings_per_s:>9,.0f}/s  committed {r.committed_readings_per_s:>9,.0f}/s  "
+                f"{latency}"
+            )
+        typer.echo(f"{'sparkplug ' if spb else ''}profile {p:>4} readings/msg: {what}  lost {r.lost_readings}")
         typer.echo(
             f"  cpu: publisher {r.publisher.cpu_s:.1f} s, broker {r.broker_cpu_s:.1f} s, workers "
             + ", ".join(

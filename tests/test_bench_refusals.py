@@ -42,6 +42,12 @@ CASES = [
         ("ingest", "--broker", TEST_MQTT, "--count-dsn", TEST_DSN, "--count-sql", "SELECT count(*) FROM no_such"),
         "--count-sql",
     ),
+    # a drain (issue 17): of no negative backlog, and never of another service, whose processes it cannot restart
+    (("ingest", "--backlog", "-1"), "--backlog"),
+    (
+        ("ingest", "--broker", TEST_MQTT, "--count-dsn", TEST_DSN, "--count-sql", "SELECT 0", "--backlog", "10"),
+        "--backlog",
+    ),
     # bench dashboards: a fleet of none, or dashboards that are not there, before any schema is loaded
     (("dashboards", "--machines", "0"), "--machines"),
     (("dashboards", "--repeat", "0"), "--repeat"),
