@@ -11,7 +11,8 @@ import pytest
 from ingest import run_bench
 from tests.conftest import make_settings, unique
 
-RECEIVE_MAXIMUM = 100
+RECEIVE_MAXIMUM = 200
+BATCH = 50
 BACKLOG = 20 * RECEIVE_MAXIMUM
 
 
@@ -19,7 +20,7 @@ BACKLOG = 20 * RECEIVE_MAXIMUM
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_backlog_of_twenty_windows_is_drained_and_every_reading_committed(schema: str, workers: int) -> None:
     settings = make_settings(
-        schema, unique("wlt/"), "native", ingest={"receive_maximum": RECEIVE_MAXIMUM, "batch_max_messages": 50}
+        schema, unique("wlt/"), "native", ingest={"receive_maximum": RECEIVE_MAXIMUM, "batch_max_messages": BATCH}
     )
     machines, sensors = 100, 2
     r = run_bench(
@@ -46,3 +47,8 @@ def test_a_backlog_of_twenty_windows_is_drained_and_every_reading_committed(sche
     assert 0 < r.first_commit_s <= r.cpu_window_s
     assert len(r.workers_use) == workers  # the restarted workers reported
     assert math.isnan(r.latency_p99_ms)  # a backlog's wait is not ingest's latency
+    # Behind, ingest takes batches of up to half its window (100 messages here) instead of batch_max_messages. Each
+    # partitioned worker receives every message and writes its share (1 / workers of them).
+    per_batch = [w.readings_per_batch for w in r.workers_use]
+    print(f"readings written per batch: {per_batch}; batch_max_messages holds {BATCH * sensors / workers:g}")
+    assert all(n > BATCH * sensors / workers for n in per_batch)
