@@ -512,7 +512,12 @@ def run_bench(
     except WearlineError as exc:
         raise BenchOptionError(str(exc)) from exc
     if backlog and ext.peer:
-        raise BenchOptionError("--backlog kills and restarts Wearline's workers: it cannot drain another service")
+        raise BenchOptionError(
+            f"--backlog {backlog}: kills and restarts Wearline's workers, so it cannot drain another service"
+        )
+    if backlog and sparkplug:
+        # Edge nodes' births, sequence numbers and deaths would have to survive the host's kill -9 mid-run.
+        raise BenchOptionError(f"--backlog {backlog}: drains the JSON profile only, not --sparkplug")
     if cprofile_to is not None:
         # Each worker writes its statistics there when it stops; a missing folder lost them after the whole run.
         try:
@@ -695,7 +700,7 @@ def _run(
                 "rate": rate,
                 "go": go,
                 "out": out,
-                "count": backlog,
+                **({"count": backlog} if backlog else {}),
             },
             name="publisher",
         )  # fmt: skip

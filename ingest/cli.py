@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wearline.command import run_async, run_stage, settings_of
+from wearline.errors import WearlineError
 from wearline.settings import Settings
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ def bench_ingest(
     )
     # Before any profile runs: a refusal must not come after a first profile's minute of publishing.
     check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile is not None)
+    if backlog and sparkplug:
+        raise WearlineError(f"--backlog {backlog}: drains the JSON profile only, not --sparkplug")
     profiles = profile or [10, 100]
     for p in profiles:
         if p % sensors:

@@ -44,6 +44,7 @@ CASES = [
     ),
     # a drain (issue 17): of no negative backlog, and never of another service, whose processes it cannot restart
     (("ingest", "--backlog", "-1"), "--backlog"),
+    (("ingest", "--backlog", "10", "--sparkplug"), "--backlog"),
     (
         ("ingest", "--broker", TEST_MQTT, "--count-dsn", TEST_DSN, "--count-sql", "SELECT 0", "--backlog", "10"),
         "--backlog",
