@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ingest._background import BackgroundLoop
 from ingest._metrics import IngestMetrics
 from ingest._surge import SurgeLog
 from wearline.db import StorageMode, maintain_storage, storage_jobs
@@ -77,26 +78,18 @@ class Housekeeping:
         self._jobs_every_s = jobs_every_s
         self._job_kinds: set[str] = set()
         self._failures_logged: dict[int, int] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loop = BackgroundLoop("ingest-housekeeping", self._run)
         if metrics is not None:
             metrics.retention_days.labels("dead_letters").set(retention_days)
             if storage is not None:
                 metrics.retention_days.labels("readings").set(storage.retention_days)
 
     async def __aenter__(self) -> Housekeeping:
-        self._task = asyncio.create_task(self._run(), name="ingest-housekeeping")
+        self._loop.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # The flag as well as the cancel: a cancel that arrived during the first chore's database work was seen
-        # lost (where, not found), and the loop ran on until the caller's grace period cancelled everything: a
-        # demo stopped during ingest's start-up exited 1 after 10 s in 3 runs of 16, in none of 16 with the flag.
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
         self._surge.flush()
 
     async def _dead_letters(self) -> None:
@@ -145,7 +138,7 @@ class Housekeeping:
             if job.last_success is not None:
                 m.job_success.labels(job.kind).set(job.last_success.timestamp())
 
-    async def _run(self) -> None:
+    async def _run(self, loop: BackgroundLoop) -> None:
         chores = [("dead-letter retention", self._dead_letters, _RETENTION_EVERY_S, bool(self._retention_days))]
         if self._storage is not None:
             chores.append(("readings partitions and retention", self._readings, _RETENTION_EVERY_S, True))
@@ -153,7 +146,7 @@ class Housekeeping:
                 ("TimescaleDB job statistics", self._jobs, self._jobs_every_s, self._storage.mode == "timescaledb")
             )
         due = dict.fromkeys((name for name, *_ in chores), time.monotonic())
-        while not self._stopping:
+        while not loop.stopping:
             for name, chore, every_s, enabled in chores:
                 if not enabled or time.monotonic() < due[name]:
                     continue

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ingest._background import BackgroundLoop
 from ingest._metrics import IngestMetrics
 from ingest._scheme import Subscription
 from wearline.db import connect
@@ -147,20 +148,16 @@ class Heartbeat:
         self._sub = sub
         self._interval = interval_s
         self._metrics = metrics
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("ingest-heartbeat", self._beat)
         self.members: list[IngestMember] = []
 
     async def __aenter__(self) -> Heartbeat:
         await record_heartbeat(self._pool, self._sub, self._interval, starting=True)
-        self._task = asyncio.create_task(self._beat(), name="ingest-heartbeat")
+        self._loop.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def close(self, *, session_ended: bool) -> None:
         """Stop beating, then record a clean stop (a beat after it would mark the member alive again). Bounded:
@@ -179,9 +176,9 @@ class Heartbeat:
             self._metrics.members.labels(state).set(counts[state])
         return self.members
 
-    async def _beat(self) -> None:
+    async def _beat(self, loop: BackgroundLoop) -> None:
         warned: set[str] = set()
-        while True:
+        while not loop.stopping:
             await asyncio.sleep(self._interval)
             try:
                 await record_heartbeat(self._pool, self._sub, self._interval)
