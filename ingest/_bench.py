@@ -743,16 +743,17 @@ def _run(
                 for p in procs:
                     p.kill()
                     p.join()
+                # New events and counters (the counts carried over) at once: a worker killed while it waited on an
+                # event leaves it counting a sleeper that never wakes, and setting it (the stop in `finally`, too)
+                # then blocks for ever.
+                counters[:] = [ctx.Value("q", c.value) for c in counters]
+                ready[:] = [ctx.Event() for _ in range(n_workers)]
+                stop, measuring = ctx.Event(), ctx.Event()
                 go.set()
                 _, published_msgs, publish_s, pub_dict = _publisher_report(
                     out, bar, f"{profile}: queueing a backlog of {backlog:,} messages", duration_s, lambda: None
                 )
                 pub_use = ProcessUse(**pub_dict)
-                # New events and counters (the counts carried over) for the new workers: a worker killed while it
-                # waited on an event leaves it counting a sleeper that never wakes, and setting it then blocks.
-                counters[:] = [ctx.Value("q", c.value) for c in counters]
-                ready[:] = [ctx.Event() for _ in range(n_workers)]
-                stop, measuring = ctx.Event(), ctx.Event()
                 procs = spawn_workers()
                 drain_t0 = time.monotonic()
                 for p in procs:
@@ -796,6 +797,8 @@ def _run(
                 backends.poll()
                 time.sleep(0.05)
             all_committed_s = time.monotonic() - t0
+            if first_commit_s is None and committed() > warm_committed:
+                first_commit_s = all_committed_s  # all of it committed between two looks
             if peer_count is not None:
                 peer_seen[0] = peer_count.value()
             used = cpu.stop()
