@@ -27,7 +27,7 @@ from ingest._membership import IngestMember, ingest_members
 from ingest._metrics import IngestMetrics
 from ingest._mqtt import BrokerError
 from ingest._replay import PAYLOAD_REASONS, ReplayCounts, replay_dead_letters
-from ingest._service import IngestSummary, run_ingest
+from ingest._service import IngestSummary, freeze_start_up, run_ingest
 
 __all__ = [
     "PAYLOAD_REASONS",
@@ -50,6 +50,7 @@ __all__ = [
     "check_bench_external",
     "count_dead_letters",
     "dead_letter_summary",
+    "freeze_start_up",
     "get_dead_letter",
     "ingest_members",
     "list_dead_letters",

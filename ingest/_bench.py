@@ -136,7 +136,9 @@ def _worker(
     keep: int,
     cprofile_to: str | None,
 ) -> None:
-    from ingest._service import run_ingest  # noqa: PLC0415 (the child imports what it runs)
+    from ingest._service import freeze_start_up, run_ingest  # noqa: PLC0415 (the child imports what it runs)
+
+    freeze_start_up()  # as `wearline ingest` does
 
     latencies: list[float] = []
     seen = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -28,13 +29,23 @@ from wearline.settings import Settings
 from wearline.sparkplug import NAMESPACE
 from wearline.wire import Reason
 
-__all__ = ["IngestSummary", "run_ingest"]
+__all__ = ["IngestSummary", "freeze_start_up", "run_ingest"]
 
 log = logging.getLogger(__name__)
 # A batch while catching up takes at most this share of the Receive Maximum; the rest keeps arriving meanwhile.
 # Measured (`bench ingest --backlog 300000`, 10 readings a message, Receive Maximum 4,000): no catch-up 326-329k
 # readings/s, half 361-364k, three quarters 204-256k (the broker then waits on our acknowledgements).
 _CATCH_UP = 0.5
+
+
+def freeze_start_up() -> None:
+    """Move everything alive now out of the cyclic garbage collector's way (``gc.freeze``), for a process that
+    runs ingest and little else. Modules, settings and pools live for the whole process, yet every full
+    collection walked them: freezing after start-up took ingest's CPU from 91.9-95.7 to 77.1-81.3 us a message at
+    100 readings (`bench ingest --profile 100 --duration 30`, two runs each, load 0.7-2.2). Not for a process that
+    hosts other work (the demo, tests): what it freezes is never collected if it becomes cyclic garbage later."""
+    gc.freeze()
+
 
 KEEP_UP_S = 60.0
 """Ingest is not keeping up (``/readyz``) when its loop has neither committed a batch nor found the broker idle

@@ -33,11 +33,12 @@ def ingest(
     client_id: Annotated[str | None, typer.Option(help="MQTT client id (default: mqtt.client_id).")] = None,
 ) -> None:
     """Subscribe to telemetry and commit it to the database (QoS 1, acknowledged after commit)."""
-    from ingest import run_ingest
+    from ingest import freeze_start_up, run_ingest
 
     settings = settings_of(ctx)
 
     async def main(s: Settings, stop: asyncio.Event) -> None:
+        freeze_start_up()
         await run_ingest(s, stop, client_id=client_id)
 
     run_stage(ctx, "ingest", main, settings.ingest.metrics_port)
