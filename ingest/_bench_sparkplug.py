@@ -57,6 +57,7 @@ def sparkplug_publisher(
     rate: float,
     go: MpEvent,
     out: Any,
+    count: int = 0,
 ) -> None:
     """The JSON publisher's twin (same arguments, same reports), speaking Sparkplug B."""
     from ingest._bench import _BATCH, _MAX_IN_FLIGHT, _RawPublisher, publish_paced  # noqa: PLC0415 (a spawned child)
@@ -115,4 +116,4 @@ def sparkplug_publisher(
         return data_topics[i], msg.SerializeToString()
 
     go.wait()
-    publish_paced(client, out, message, last=last, spm=spm, duration_s=duration_s, rate=rate)
+    publish_paced(client, out, message, last=last, spm=spm, duration_s=duration_s, rate=rate, count=count)

@@ -28,6 +28,6 @@ def lazy_exports(package: str, homes: dict[str, str]) -> tuple[Callable[[str], A
         return value
 
     def __dir__() -> list[str]:  # noqa: N807
-        return sorted(set(namespace) | set(homes))
+        return sorted(homes)  # the public surface, as ``__all__`` should list it
 
     return __getattr__, __dir__
