@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 import pytest
@@ -17,11 +18,15 @@ from prometheus_client import CollectorRegistry
 
 import ingest
 from ingest._limits import DeadLetterLimiter, LruCache
+from ingest._metrics import IngestMetrics
+from ingest._mqtt_codec import Message
 from ingest._surge import SurgeLog
+from ingest._writer import BatchWriter, prepare_connection
 from tests.conftest import make_settings, unique
 from tests.ingest._support import connect_db, publish, stored_rows
-from wearline.db import connect, migrate
+from wearline.db import check_migrated, connect, migrate, open_pool
 from wearline.settings import Settings
+from wearline.topics import MachinePath
 
 Send = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
 
@@ -308,6 +313,56 @@ async def test_the_machine_cache_is_bounded_and_evicted_machines_are_written_rig
     assert cached == size
     assert sensors == 2 * len(names)
     assert rows == {(m, now + 1000 * r): [i + r / 10, -i] for i, m in enumerate(names) for r in range(3)}
+
+
+async def test_a_cold_cache_looks_up_a_registered_fleet_in_one_query_per_batch(
+    schema: str, shipped_broker: tuple[str, int]
+) -> None:
+    """A restarted worker used to resolve each machine of its backlog with two queries of its own, before the first
+    commit; now the batch's registered machines come in one query, and the rest still register one by one."""
+    machines = 300
+    settings = await _settings(schema, shipped_broker, machine_cache_size=100)
+    now = int(time.time() * 1000) - 60_000
+
+    def batch(names: list[str], first: int, ts: int) -> list[Message]:
+        return [
+            Message(_topic(settings, machine=m), _msg(ts, {"a": i, f"x{i % 3}": -i}), i + 1, 1, False, 0.0)
+            for i, m in enumerate(names, start=first)
+        ]
+
+    registered = [f"m{i:03d}" for i in range(machines)]
+    async with await open_pool(settings.database, configure=prepare_connection) as pool:
+        mode = await check_migrated(settings.database)
+        first = BatchWriter(pool, settings, mode, IngestMetrics(CollectorRegistry()))
+        for k in range(0, machines, 100):  # registers the fleet (a cache of 100)
+            rows, dead, _ = await first.prepare(batch(registered[k : k + 100], k, now))
+            await first.commit(rows, dead)
+        restarted = BatchWriter(pool, settings, mode, IngestMetrics(CollectorRegistry()))
+        lookups: list[str] = []
+        lookup = restarted._lookup
+
+        async def counted(conn: Any, path: MachinePath) -> Any:
+            lookups.append(path.machine)
+            return await lookup(conn, path)
+
+        restarted._lookup = counted  # type: ignore[method-assign]
+        # Ten times the cache: only the first 100 cold topics are fetched together; the rest go one by one.
+        names = [*registered, "new1", "new2"]
+        for k in range(0, len(names), 1000):
+            rows, dead, _ = await restarted.prepare(batch(names[k : k + 1000], k, now + 1000))
+            await restarted.commit(rows, dead)
+    stored = stored_rows(schema)
+    print(f"{machines} registered machines and 2 new in one batch after a restart: {len(lookups)} single lookups")
+    assert dead == []
+    # One by one: what the cache could not hold, and the two new machines (which registration looks up again).
+    assert len([m for m in lookups if m.startswith("m")]) == machines - 100
+    assert set(lookups) - set(registered) == {"new1", "new2"}
+    assert restarted.cached_machines == 100
+    # Positions came back right: each machine's second sensor (x0, x1 or x2) is where its first row put it.
+    assert stored == {
+        **{(m, now): [i, -i] for i, m in enumerate(registered)},
+        **{(m, now + 1000): [i, -i] for i, m in enumerate(names)},
+    }
 
 
 def test_lru_cache_keeps_the_most_recently_used() -> None:
