@@ -138,6 +138,7 @@ class _Batch:
     entries: list[Entry] = field(default_factory=list)
     sources: list[tuple[Message, MachinePath]] = field(default_factory=list)  # per entry: the message and where
     clashes: dict[int, list[Clash]] = field(default_factory=dict)
+    filled: int = 0  # values staged into empty slots: the readings the batch offers the table
 
 
 class BatchWriter:
@@ -347,9 +348,11 @@ class BatchWriter:
         self, topic: str, path: MachinePath, machine: _Machine | None, decoded: DecodedMessage
     ) -> _Machine:
         """The machine of ``path`` (``machine``: the cached one, if any) with every sensor of ``decoded``."""
+        if machine is not None:  # the hot path: a cached machine whose sensors are all known (no set built)
+            known = machine.sensors.keys()
+            if all(s.values.keys() <= known for s in decoded.samples):
+                return machine
         names = {n for s in decoded.samples for n in s.values}
-        if machine is not None and names <= machine.sensors.keys():
-            return machine
         ing = self._settings.ingest
         if machine is None:
             refused = self._refused.get(topic)
@@ -472,6 +475,7 @@ class BatchWriter:
                     first = vals[pos]
                     if first is None:
                         vals[pos] = float(value)
+                        info.filled += 1
                     elif first != value:
                         info.clashes.setdefault(index, []).append(Clash(sample.ts_ms, pos, float(value), first))
                     received += 1
@@ -540,7 +544,7 @@ class BatchWriter:
                     "COPY readings_stage (machine_id, time, vals) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
                     await copy.write(encode_readings(rows))
-                readings = sum(len(vals) - vals.count(None) for vals in rows.values())
+                readings = info.filled
                 inserted = await (await conn.execute(_INSERT_NEW)).fetchone()
                 existing = [] if inserted == (len(rows),) else await (await conn.execute(_MERGE_EXISTING)).fetchall()
                 for machine_id, ms, old in existing:
