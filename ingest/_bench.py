@@ -510,16 +510,9 @@ def run_bench(
         backlog=backlog,
     )
     try:
-        check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile_to is not None)
+        check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile_to is not None, backlog=backlog)
     except WearlineError as exc:
         raise BenchOptionError(str(exc)) from exc
-    if backlog and ext.peer:
-        raise BenchOptionError(
-            f"--backlog {backlog}: kills and restarts Wearline's workers, so it cannot drain another service"
-        )
-    if backlog and sparkplug:
-        # Edge nodes' births, sequence numbers and deaths would have to survive the host's kill -9 mid-run.
-        raise BenchOptionError(f"--backlog {backlog}: drains the JSON profile only, not --sparkplug")
     if cprofile_to is not None:
         # Each worker writes its statistics there when it stops; a missing folder lost them after the whole run.
         try:

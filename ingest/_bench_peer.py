@@ -53,8 +53,15 @@ def _check_pid(option: str, pid: int) -> None:
         raise WearlineError(f"{option} {pid}: no such process on this machine (its CPU is read from /proc)")
 
 
-def check_bench_external(ext: BenchExternal, *, sparkplug: bool, cprofile: bool) -> None:
+def check_bench_external(ext: BenchExternal, *, sparkplug: bool, cprofile: bool, backlog: int = 0) -> None:
     """Refuse what cannot describe a run, then try the broker and the count query once."""
+    if backlog and ext.peer:
+        raise WearlineError(
+            f"--backlog {backlog}: kills and restarts Wearline's workers, so it cannot drain another service"
+        )
+    if backlog and sparkplug:
+        # Edge nodes' births, sequence numbers and deaths would have to survive the host's kill -9 mid-run.
+        raise WearlineError(f"--backlog {backlog}: drains the JSON profile only, not --sparkplug")
     if ext.peer and ext.count_dsn is None:
         raise WearlineError("--count-sql needs --count-dsn, the database the other service writes to")
     if ext.count_dsn is not None and not ext.peer:

@@ -72,19 +72,20 @@ SELECT machine_id, (extract(epoch FROM time) * 1000)::bigint, old FROM old
 WHERE old IS DISTINCT FROM new AND vals_conflict(old, new)
 """
 SPARKPLUG_PREFIX = SPARKPLUG_NAMESPACE + "/"
-# Registered machines (and their sensors) of many topics in one round trip: see BatchWriter._warm.
-_LOOKUP_MANY = """
-SELECT u.topic, m.machine_id,
+# Registered machines, with their sensors, of any number of paths in one round trip (n: the path's place).
+_LOOKUP = """
+SELECT u.n, m.machine_id,
        coalesce(array_agg(se.name ORDER BY se.position) FILTER (WHERE se.name IS NOT NULL), '{}'),
        coalesce(array_agg(se.position ORDER BY se.position) FILTER (WHERE se.name IS NOT NULL), '{}')
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS u(topic, tenant, site, line, machine)
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS u(tenant, site, line, machine, n)
 JOIN tenants t ON t.name = u.tenant
 JOIN sites s ON s.tenant_id = t.tenant_id AND s.name = u.site
 JOIN lines l ON l.site_id = s.site_id AND l.name = u.line
 JOIN machines m ON m.line_id = l.line_id AND m.name = u.machine
 LEFT JOIN sensors se ON se.machine_id = m.machine_id
-GROUP BY u.topic, m.machine_id
+GROUP BY u.n, m.machine_id
 """
+
 _REFUSAL_TTL_S = 30.0  # a refused machine is not looked up again for this long (a flood would hit the database)
 # ...unless a machine was registered meanwhile (looked for at most this often): an operator who registers a
 # refused machine and replays its dead letters must not meet the stale refusal.
@@ -120,6 +121,15 @@ class Committed:
 class _Machine:
     machine_id: int
     sensors: dict[str, int] = field(default_factory=dict)  # name -> position (1-based)
+
+
+async def _lookup_many(conn: psycopg.AsyncConnection[Any], paths: Sequence[MachinePath]) -> list[_Machine | None]:
+    """Each path's registered machine and sensors (None where it is not registered), in one query."""
+    columns = [[p.tenant for p in paths], [p.site for p in paths], [p.line for p in paths], [p.machine for p in paths]]
+    found: list[_Machine | None] = [None] * len(paths)
+    for n, machine_id, names, positions in await (await conn.execute(_LOOKUP, columns)).fetchall():
+        found[n - 1] = _Machine(machine_id, dict(zip(names, positions, strict=True)))
+    return found
 
 
 class UnknownMachine(Exception):
@@ -189,19 +199,7 @@ class BatchWriter:
 
     # --- registry -------------------------------------------------------------------------------------------
     async def _lookup(self, conn: psycopg.AsyncConnection[Any], path: MachinePath) -> _Machine | None:
-        cur = await conn.execute(
-            """SELECT m.machine_id FROM machines m
-               JOIN lines l USING (line_id) JOIN sites s USING (site_id) JOIN tenants t ON t.tenant_id = s.tenant_id
-               WHERE t.name = %s AND s.name = %s AND l.name = %s AND m.name = %s""",
-            [path.tenant, path.site, path.line, path.machine],
-        )
-        row = await cur.fetchone()
-        if row is None:
-            return None
-        machine = _Machine(row[0])
-        cur = await conn.execute("SELECT name, position FROM sensors WHERE machine_id = %s", [machine.machine_id])
-        machine.sensors = dict(await cur.fetchall())
-        return machine
+        return (await _lookup_many(conn, [path]))[0]
 
     async def _tenant(self, conn: psycopg.AsyncConnection[Any], name: str) -> int:
         """The tenant's id, creating it when the limits allow (inside the caller's transaction)."""
@@ -297,11 +295,13 @@ class BatchWriter:
             machine.sensors.update({name: nxt + k for k, name in enumerate(new)})
 
     async def _warm(self, batch: Sequence[Message]) -> None:
-        """Cache, in one query, the registered machines of the batch's topics that are neither cached nor refused.
+        """Cache, in one query, the registered machines of the topics in ``batch`` that are neither cached nor
+        refused; :meth:`prepare` calls it at a batch's first cache miss, so a batch of cached machines pays nothing.
 
         A restarted worker (or one whose cache a larger fleet keeps evicting) otherwise resolved its machines one at
-        a time, two queries each, inside the batch: 2,000 round trips before the first commit of a 1,000-machine
-        fleet's backlog. Machines not found here take the usual path (registration, refusal) in :meth:`_resolve`.
+        a time inside the batch: 2,000 round trips (two queries a machine then) before the first commit of a
+        1,000-machine fleet's backlog. Machines not found here take the usual path (registration, refusal) in
+        :meth:`_resolve`.
         """
         machines, refused, prefix = self._machines, self._refused, self._settings.topic_prefix
         cold: dict[str, MachinePath] = {}
@@ -317,18 +317,11 @@ class BatchWriter:
                 break
         if len(cold) < 2:  # one machine costs the same either way
             return
-        paths = cold.values()
-        columns = [
-            list(cold),
-            [p.tenant for p in paths],
-            [p.site for p in paths],
-            [p.line for p in paths],
-            [p.machine for p in paths],
-        ]
         async with self._pool.connection(timeout=self._wait_s) as conn:
-            found = await (await conn.execute(_LOOKUP_MANY, columns)).fetchall()
-        for topic, machine_id, names, positions in found:
-            machines.put(topic, (_Machine(machine_id, dict(zip(names, positions, strict=True))), cold[topic]))
+            found = await _lookup_many(conn, list(cold.values()))
+        for (topic, path), machine in zip(cold.items(), found, strict=True):
+            if machine is not None:
+                machines.put(topic, (machine, path))
 
     async def _registry_grew(self) -> bool:
         """Whether a machine was registered since the cached refusals were made; if so they are forgotten."""
@@ -408,13 +401,17 @@ class BatchWriter:
         if sp is not None:
             sp.begin()
         await self._gateways.refresh(self._pool, wait_s=self._wait_s)
-        await self._warm(batch)
-        for msg in batch:
+        warmed = False
+        for k, msg in enumerate(batch):
             if sp is not None and msg.topic.startswith(SPARKPLUG_PREFIX):
                 received += await self._prepare_sparkplug(msg, sp, rows, dead=dead, stamps=stamps, now_ms=now_ms)
                 continue
             try:
                 hit = machines.get(msg.topic)
+                if hit is None and not warmed:  # the batch's first miss: fetch the rest of its misses with it
+                    warmed = True
+                    await self._warm(batch[k:])
+                    hit = machines.get(msg.topic)
                 path = parse_telemetry_topic(prefix, msg.topic) if hit is None else hit[1]
                 self._gateways.check(path)  # before the registry: no tenant or machine outside a gateway's site
                 decoded = decode_message(

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wearline.command import run_async, run_stage, settings_of
-from wearline.errors import WearlineError
 from wearline.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,9 +105,7 @@ def bench_ingest(
         peer_pids=tuple(peer_pid or ()),
     )
     # Before any profile runs: a refusal must not come after a first profile's minute of publishing.
-    check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile is not None)
-    if backlog and sparkplug:
-        raise WearlineError(f"--backlog {backlog}: drains the JSON profile only, not --sparkplug")
+    check_bench_external(ext, sparkplug=sparkplug, cprofile=cprofile is not None, backlog=backlog)
     profiles = profile or [10, 100]
     for p in profiles:
         if p % sensors:
