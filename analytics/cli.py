@@ -373,6 +373,14 @@ def eval_(
     ] = None,
     folds: Annotated[int, typer.Option(min=2, help="With --cmapss: folds of units.")] = 5,
     cuts: Annotated[int, typer.Option(min=1, help="With --cmapss: random cuts per held-out unit.")] = 3,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --cmapss: run the cross-validation this many times (seeds SEED, SEED+1, ...: other folds "
+            "and cuts) and report the mean, each seed's figures and the spread.",
+        ),
+    ] = 1,
     detectors: Annotated[str, typer.Option(help="Detectors to compare COLS.")] = "pca,mahalanobis,knn,ewma",
     models: Annotated[str, typer.Option(help="RUL models to compare COLS (gbm; empty for none).")] = "gbm",
     persistence: Annotated[int, typer.Option(min=1, help="Consecutive rows above threshold to flag.")] = 3,
@@ -414,7 +422,7 @@ def eval_(
         raise typer.BadParameter("trend was removed: it never beat gbm (issue 13); use gbm", param_hint="--models")
     if cmapss is not None:
         with progress("reading") as bar:
-            cv = evaluate_cmapss(cmapss, folds=folds, cuts=cuts, seed=seed, echo=typer.echo, bar=bar)
+            cv = evaluate_cmapss(cmapss, folds=folds, cuts=cuts, repeats=repeats, seed=seed, echo=typer.echo, bar=bar)
         typer.echo(json.dumps(cv, sort_keys=True, default=float))
         return
     assert data is not None

@@ -62,6 +62,28 @@ def test_eval_cmapss_cross_validates_by_unit_and_beats_the_plain_capped_boosting
     assert lines[0].split()[:4] == ["file", "units", "model", "RMSE"]
 
 
+def test_eval_cmapss_repeats_report_the_mean_of_independent_draws_and_their_spread(tmp_path: Path) -> None:
+    synth.write_cmapss(tmp_path / "train_FD905.txt.gz", units=12, seed=5)
+    single = [evaluate_cmapss(tmp_path, folds=3, cuts=2, seed=s, params=SMALL, echo=lambda _: None) for s in (4, 5)]
+    lines: list[str] = []
+    out = evaluate_cmapss(tmp_path, folds=3, cuts=2, repeats=2, seed=4, params=SMALL, echo=lines.append)
+    print("\n".join(lines))
+    f = out["files"]["FD905"]
+    rmse = [s["files"]["FD905"]["rmse"] for s in single]
+    assert rmse[0] != rmse[1], "two seeds drew the same folds and cuts"
+    # Each repeat is exactly the single run of its seed, and the headline figures are their mean.
+    assert [f["by_seed"][s]["rmse"] for s in ("4", "5")] == rmse
+    assert f["rmse"] == round((rmse[0] + rmse[1]) / 2, 4)
+    assert f["baseline_phm08"] == round(sum(s["files"]["FD905"]["baseline_phm08"] for s in single) / 2, 4)
+    assert f["rmse_sd"] == round(abs(rmse[0] - rmse[1]) / 2**0.5, 4)
+    assert out["repeats"] == 2
+    assert any(line.split()[1:5] == ["RMSE", "by", "seed", "4-5:"] for line in lines), lines
+    assert lines[-1].startswith("mean of 2 repeats (seeds 4-5)")
+    result = runner.invoke(app, ["eval", "--cmapss", str(tmp_path), "--repeats", "0"])
+    assert result.exit_code == 2
+    assert "--repeats" in result.output
+
+
 def test_eval_cmapss_refuses_a_folder_without_such_files_and_two_sources(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "--cmapss", str(tmp_path)])
     assert result.exit_code == 2
