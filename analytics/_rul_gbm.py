@@ -40,8 +40,8 @@ class GbmRul(RulEstimator):
     26.3 % of the mean life, with narrower intervals (docs/analytics.md, "RUL models").
 
     The target is the remaining life capped at ``cap_share`` x the mean training life (wear shows only after an
-    onset; 0 for no cap). Every prediction is moved earlier by the shift that minimises the PHM08 score of the
-    out-of-fold errors (late costs ``late_cost`` times early per unit of time).
+    onset; 0 for no cap). Every prediction is moved earlier by the shift that minimises the squared out-of-fold
+    errors with late ones weighted ``late_cost`` (PHM08's 13 / 10: being late costs more).
 
     The units are split into ``folds`` groups; one pair of models is fit without each group and the prediction is
     their mean. The stacked, shifted errors against the uncapped truth on the units each pair did not see give the
@@ -217,7 +217,7 @@ class GbmRul(RulEstimator):
             ]
         )
         stacked = np.sum(oof * self.weights_[band], axis=1)
-        self.shift_ = _early_shift(stacked - y, mean_life, self.late_cost)
+        self.shift_ = _early_shift(stacked - y, self.late_cost)
         pred = np.maximum(stacked - self.shift_, 0.0)
         # Intervals from the out-of-fold errors against the uncapped truth, per bin of the prediction (Mondrian
         # conformal): near failure they are narrow, at the cap they span every life a healthy-looking unit had.
@@ -308,16 +308,25 @@ def _nnls(a: Matrix, b: Vector) -> Vector:
     return np.asarray(nnls(a, b)[0], dtype=np.float64)
 
 
-def _early_shift(err: Vector, mean_life: float, late_cost: float) -> float:
-    """How much to take off every prediction so that late errors, which cost ``late_cost`` times more per unit of
-    time than early ones (PHM08: 13 / 10), weigh as they should: the shift minimising the PHM08 score of the
-    out-of-fold errors, d counted in 1/200 of the mean life (the challenge's engines lived about 200 cycles)."""
-    d = err * 200.0 / max(mean_life, 1e-9)
-    grid = np.linspace(0.0, max(float(np.quantile(np.abs(d), 0.75)), 1e-9), 41)
-    early = 13.0
-    late = early / late_cost
-    cost = [
-        float(np.sum(np.where(d - g < 0, np.expm1(-(d - g) / early), np.expm1(np.minimum(d - g, 700.0) / late))))
-        for g in grid
-    ]
-    return float(grid[int(np.argmin(cost))] * max(mean_life, 1e-9) / 200.0)
+def _early_shift(err: Vector, late_cost: float) -> float:
+    """How much to take off every prediction so that late errors, which cost ``late_cost`` times more than early
+    ones (PHM08: 13 / 10), weigh as they should: the shift minimising the squared out-of-fold errors with each late
+    one weighted ``late_cost`` (their expectile at ``late_cost / (1 + late_cost)``), and never a later one.
+
+    It used to minimise the PHM08 score itself. Over cut seeds 0-3 of the C-MAPSS training files the weighted
+    squares lowered the RMSE on FD001-FD003 (11.18 / 12.13 / 14.43 to 10.87 / 11.84 / 14.16) at about the same
+    PHM08, and raised FD004's by 0.1; on the simulator's seeds 7 / 11 the capped RMSE fell from 13.3 / 13.1 % to
+    11.7 / 12.4 % of the mean life (docs/analytics.md)."""
+    if len(err) == 0:
+        return 0.0
+    shift = float(np.mean(err))
+    # The expectile is the fixed point of a weighted mean whose weights follow the side of the shift each error
+    # is on; it moves monotonically and settles in a few steps.
+    for _ in range(100):
+        w = np.where(err > shift, late_cost, 1.0)
+        nxt = float(np.sum(w * err) / np.sum(w))
+        if abs(nxt - shift) <= 1e-9 * (1.0 + abs(shift)):
+            shift = nxt
+            break
+        shift = nxt
+    return max(shift, 0.0)

@@ -20,12 +20,21 @@ SMALL = {"iterations": 60, "folds": 4}
 
 
 def test_the_early_shift_leans_early_when_late_costs_more() -> None:
-    # Symmetric errors: the PHM08 score (late costs 13/10 more per cycle) is lowest a little early of them.
+    # Symmetric errors: the weighted squared error (late costs 13/10 more) is lowest a little early of them.
     err = np.random.default_rng(0).normal(0.0, 20.0, size=2_000)
-    shift = _early_shift(err, mean_life=200.0, late_cost=13.0 / 10.0)
-    assert shift > 0
-    # Errors that are already early need no more.
-    assert _early_shift(err - 60.0, mean_life=200.0, late_cost=13.0 / 10.0) == 0.0
+    shift = _early_shift(err, late_cost=13.0 / 10.0)
+    assert 0 < shift < 0.2 * 20.0
+
+    def cost(s: float) -> float:
+        return float(np.sum(np.where(err > s, 13.0 / 10.0, 1.0) * (err - s) ** 2))
+
+    grid = np.linspace(-10.0, 10.0, 4001)
+    assert abs(shift - grid[int(np.argmin([cost(s) for s in grid]))]) <= 0.005, "not the weighted squares' minimum"
+    # Equal costs: the mean error, as plain squared error would have it (never later than the model).
+    assert abs(_early_shift(err, late_cost=1.0) - max(float(np.mean(err)), 0.0)) < 1e-9
+    # Errors that are already early need no more; no errors, no shift.
+    assert _early_shift(err - 60.0, late_cost=13.0 / 10.0) == 0.0
+    assert _early_shift(np.zeros(0), late_cost=13.0 / 10.0) == 0.0
 
 
 def test_cap_shift_and_longest_life_bound_the_predictions() -> None:
