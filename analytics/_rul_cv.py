@@ -175,8 +175,8 @@ def evaluate_cmapss(
 
     With ``repeats`` > 1 the whole cross-validation runs again with seeds ``seed + 1``, ... (other folds, other
     cuts, other trees) and each figure is the mean over the repeats, with every repeat's figures kept beside it:
-    on FD003 one draw of cuts alone moved the RMSE between 13.8 and 15.8, so a single draw says little about a
-    change of one or two cycles."""
+    with the same code FD003's RMSE ranged from 13.8 to 15.8 over four draws, so one draw says little about a
+    change of a few tenths."""
     if repeats < 1:
         raise DataError(f"repeats must be at least 1, not {repeats}")
     files = sorted(p for p in folder.glob("train_*.txt*") if p.name.endswith((".txt", ".txt.gz")))
