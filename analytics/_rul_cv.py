@@ -29,6 +29,8 @@ from wearline.progress import SILENT, Bar
 
 __all__ = ["CMAPSS_COLUMNS", "cross_validate", "evaluate_cmapss"]
 
+_BASELINE_FIGURES = ("baseline_rmse", "baseline_bias", "baseline_phm08", "baseline_late_share")
+
 CMAPSS_COLUMNS = ["unit", "cycle", "setting1", "setting2", "setting3", *(f"s{i}" for i in range(1, 22))]
 """The columns of a C-MAPSS file (no header): unit, cycle, three operational settings, 21 sensors."""
 
@@ -221,24 +223,22 @@ def evaluate_cmapss(
                 bar=bar,
             )
             assert base is not None
-            runs.append({**cv_figures(held), **cv_figures(base, prefix="baseline_")})
-        mean = {k: round(float(np.mean([run[k] for run in runs])), 4) for k in runs[0]}
-        figures = {k: v for k, v in mean.items() if not k.startswith("baseline_")}
-        baseline = {k.removeprefix("baseline_"): v for k, v in mean.items() if k.startswith("baseline_")}
-        entry: dict[str, Any] = {
-            **figures,
-            **{f"baseline_{k}": baseline[k] for k in ("rmse", "bias", "phm08", "late_share")},
-            "rows": len(table),
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
+            # The baseline has no interval: only the figures that describe a point prediction.
+            baseline = cv_figures(base, prefix="baseline_")
+            runs.append({**cv_figures(held), **{k: baseline[k] for k in _BASELINE_FIGURES}})
+        entry: dict[str, Any] = {k: round(float(np.mean([run[k] for run in runs])), 4) for k in runs[0]}
+        entry |= {"rows": len(table), "seconds": round(time.perf_counter() - t0, 1)}
         if repeats > 1:
             entry["rmse_sd"] = round(float(np.std([run["rmse"] for run in runs], ddof=1)), 4)
             entry["phm08_sd"] = round(float(np.std([run["phm08"] for run in runs], ddof=1)), 4)
             entry["by_seed"] = {str(seed + r): run for r, run in enumerate(runs)}
         out["files"][name] = entry
-        for model, f in (("gbm", figures), ("baseline", baseline)):
-            cov = f"{f['coverage']:>8.3f} {f['lower_below_truth']:>7.3f}" if model == "gbm" else f"{'-':>8} {'-':>7}"
-            echo(f"{name:<8} {held.units:>5} {model:<9} {f['rmse']:>6.2f} {f['bias']:>6.2f} {f['phm08']:>9,.0f} {cov}")
+        for model, pre, cov in (
+            ("gbm", "", f"{entry['coverage']:>8.3f} {entry['lower_below_truth']:>7.3f}"),
+            ("baseline", "baseline_", f"{'-':>8} {'-':>7}"),
+        ):
+            rmse, bias, phm08 = (entry[pre + k] for k in ("rmse", "bias", "phm08"))
+            echo(f"{name:<8} {held.units:>5} {model:<9} {rmse:>6.2f} {bias:>6.2f} {phm08:>9,.0f} {cov}")
         if repeats > 1:
             each = " / ".join(f"{run['rmse']:.2f}" for run in runs)
             echo(f"{'':<8} {'':>5} gbm RMSE by seed {seed}-{seed + repeats - 1}: {each} (sd {entry['rmse_sd']:.2f})")

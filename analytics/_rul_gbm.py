@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls  # type: ignore[import-untyped]
+from scipy.stats import expectile  # type: ignore[import-untyped]
 from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
@@ -319,14 +320,4 @@ def _early_shift(err: Vector, late_cost: float) -> float:
     11.7 / 12.4 % of the mean life (docs/analytics.md)."""
     if len(err) == 0:
         return 0.0
-    shift = float(np.mean(err))
-    # The expectile is the fixed point of a weighted mean whose weights follow the side of the shift each error
-    # is on; it moves monotonically and settles in a few steps.
-    for _ in range(100):
-        w = np.where(err > shift, late_cost, 1.0)
-        nxt = float(np.sum(w * err) / np.sum(w))
-        if abs(nxt - shift) <= 1e-9 * (1.0 + abs(shift)):
-            shift = nxt
-            break
-        shift = nxt
-    return max(shift, 0.0)
+    return max(float(expectile(err, alpha=late_cost / (1.0 + late_cost))), 0.0)

@@ -86,6 +86,9 @@ def test_eval_cmapss_repeats_report_the_mean_of_independent_draws_and_their_spre
     assert f["baseline_phm08"] == round(sum(s["files"]["FD905"]["baseline_phm08"] for s in single) / 2, 4)
     assert f["rmse_sd"] == round(abs(rmse[0] - rmse[1]) / 2**0.5, 4)
     assert out["repeats"] == 2
+    # The same figures as a single run, plus the spread: nothing the baseline has no interval for.
+    assert set(f) == set(single[0]["files"]["FD905"]) | {"rmse_sd", "phm08_sd", "by_seed"}
+    assert set(f["by_seed"]["4"]) == set(f) - {"rmse_sd", "phm08_sd", "by_seed", "rows", "seconds"}
     assert any(line.split()[1:5] == ["RMSE", "by", "seed", "4-5:"] for line in lines), lines
     assert lines[-1].startswith("mean of 2 repeats (seeds 4-5)")
     result = runner.invoke(app, ["eval", "--cmapss", str(tmp_path), "--repeats", "0"])
