@@ -47,7 +47,7 @@ def test_a_short_soak_survives_every_fault_and_reports() -> None:
     print(out)
     print(err[-3000:])
     counts = re.search(r"published ([\d,]+)\s+acknowledged ([\d,]+)\s+committed ([\d,]+)", out)
-    lost = re.search(r"lost (\d+)\s+lost to broker kill -9 (\d+) \(at most ([\d,]+) per kill", out)
+    lost = re.search(r"lost (\d+)\s+lost to broker kill -9 (\d+) \(at most ([\d,]+): acknowledged within", out)
     assert counts is not None, out
     assert lost is not None, out
     published, acked, committed = (int(x.replace(",", "")) for x in counts.groups())

@@ -5,6 +5,7 @@ that can be stopped and started, and the published/committed/duplicates tally ev
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import shutil
@@ -136,13 +137,15 @@ def _wait_acked(client: paho.Client, infos: list[paho.MQTTMessageInfo], timeout_
 class Publisher:
     """QoS 1 publisher over MQTT 5 that survives broker restarts: a message counts as published once the broker
     acknowledged it; what was not acknowledged when the connection dropped is sent again on a new connection
-    (a gateway's store-and-forward). ``acked`` holds the keys of every acknowledged message."""
+    (a gateway's store-and-forward). ``acked`` holds the keys of every acknowledged message, ``acked_at`` when each
+    acknowledgement was seen (no earlier than the broker sent it)."""
 
     port: int
     messages: Sequence[tuple[str, bytes, list[Key]]]
     rate: float
     acked: set[Key] = field(default_factory=set)
     acked_messages: int = 0
+    acked_at: list[float] = field(default_factory=list)
     resent: int = 0
     reconnects: int = 0
     done: threading.Event = field(default_factory=threading.Event)
@@ -161,6 +164,15 @@ class Publisher:
                 continue
             client.loop_start()
             return client
+
+    def _record(self, keys: list[Key]) -> None:
+        self.acked.update(keys)
+        self.acked_messages += 1
+        self.acked_at.append(time.monotonic())
+
+    def acked_since(self, t: float) -> int:
+        """Messages whose acknowledgement was seen at or after monotonic time ``t``."""
+        return len(self.acked_at) - bisect.bisect_left(self.acked_at, t)
 
     def run(self) -> None:
         try:
@@ -182,8 +194,7 @@ class Publisher:
             pending = [(m, info) for m, info in zip(part, infos, strict=True) if not _acked(info)]
             for (_, _, keys), info in zip(part, infos, strict=True):
                 if _acked(info):
-                    self.acked.update(keys)
-                    self.acked_messages += 1
+                    self._record(keys)
             while pending:
                 # The connection dropped (a broker restart): acknowledged messages are the broker's; send the rest
                 # again on a new connection until the broker acknowledges them.
@@ -198,8 +209,7 @@ class Publisher:
                 still = []
                 for (m, _), info in zip(pending, infos, strict=True):
                     if _acked(info):
-                        self.acked.update(m[2])
-                        self.acked_messages += 1
+                        self._record(m[2])
                     else:
                         still.append((m, info))
                 pending = still

@@ -13,23 +13,27 @@ import signal
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from ingest._mqtt import BrokerError, Subscriber
 from tests.conftest import make_settings, unique
 from tests.ingest._fault_support import Publisher, broker, keyed, settled_rows, tally, wait_until, worker_env
 from tests.ingest._support import Fleet, count_rows, worker
 from wearline.db import migrate
+from wearline.errors import WearlineError
+from wearline.mosquitto import _save_period_s
+from wearline.shipped import shipped
 
-AUTOSAVE_CHANGES = 1000  # deploy/mosquitto/wearline.conf: autosave_on_changes true, autosave_interval 1000
+SAVE_PERIODS = 10  # a kill -9 comes after ten of the broker's save periods of streaming, crossing its save timer
 
 
 @pytest.mark.faults
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_broker_restart_mid_stream(schema: str, tmp_path: Path, sig: signal.Signals) -> None:
     with broker() as mosquitto:
-        assert mosquitto.autosave_interval == AUTOSAVE_CHANGES, "the loss bound below is the shipped autosave interval"
         settings = make_settings(
             schema,
             unique("wlt/"),
@@ -37,17 +41,27 @@ def test_broker_restart_mid_stream(schema: str, tmp_path: Path, sig: signal.Sign
             mqtt={"host": "127.0.0.1", "port": mosquitto.port, "client_id": unique("wlt-ingest-")},
         )
         asyncio.run(migrate(settings.database))
-        fleet = Fleet(settings.topic_prefix, machines=50, samples=300, start_ms=int(time.time() * 1000) - 3_600_000)
+        # The kill -9 streams for ten save periods (3 s each as shipped) before the kill, at a lower rate.
+        kill = sig == signal.SIGKILL
+        rate = 1000 if kill else 2500
+        samples = int(rate * SAVE_PERIODS * mosquitto.save_period_s * 1.3 / 50) if kill else 300
+        fleet = Fleet(settings.topic_prefix, machines=50, samples=samples, start_ms=int(time.time() * 1000) - 3_600_000)
         messages = keyed(fleet)
         log = tmp_path / "ingest.log"
 
         with worker(worker_env(settings), log, wait_for=b"subscribed to") as ingest:
             assert "subscription scheme: partitioned (Mosquitto does not keep shared subscriptions" in log.read_text()
-            pub = Publisher(mosquitto.port, messages, rate=2500)
+            pub = Publisher(mosquitto.port, messages, rate=rate)
+            started = time.monotonic()
             thread = pub.start()
-            wait_until(lambda: count_rows(schema) >= fleet.rows // 3, 60, "a third of the rows")
+            if kill:
+                time.sleep(SAVE_PERIODS * mosquitto.save_period_s)
+            else:
+                wait_until(lambda: count_rows(schema) >= fleet.rows // 3, 60, "a third of the rows")
             mosquitto.stop(sig)
-            down_at = len(pub.acked)
+            down_at, streamed_s = pub.acked_messages, time.monotonic() - started
+            # What the broker acknowledged within one save period before the kill: what its snapshot may lack.
+            unsaved = pub.acked_since(time.monotonic() - mosquitto.save_period_s)
             time.sleep(1.0)  # the broker stays down for a second; the publisher and ingest retry meanwhile
             mosquitto.start()
             thread.join(120)
@@ -58,7 +72,8 @@ def test_broker_restart_mid_stream(schema: str, tmp_path: Path, sig: signal.Sign
         result = tally(schema, fleet, pub.acked)
         print(
             f"\nbroker {sig.name}: " + result.line("broker restart mid-stream"),
-            f"| broker stopped after {down_at} acknowledged messages; publisher re-sent {pub.resent}",
+            f"| broker stopped after {down_at} acknowledged messages ({streamed_s:.1f} s), {unsaved} of them in the "
+            f"last save period ({mosquitto.save_period_s:g} s); publisher re-sent {pub.resent}",
         )
         text = log.read_text()
         assert mosquitto.saved_ok(), mosquitto.log.read_text()[-2000:]
@@ -72,9 +87,11 @@ def test_broker_restart_mid_stream(schema: str, tmp_path: Path, sig: signal.Sign
         if sig == signal.SIGTERM:
             assert result.lost == 0
         else:
-            # Only what arrived after the broker's last snapshot and never reached ingest can be gone. The hard bound
-            # is AUTOSAVE_CHANGES + ingest.receive_maximum (docs/ingest.md); what is measured stays under the former.
-            assert result.lost <= AUTOSAVE_CHANGES
+            # Only what the broker acknowledged after its last snapshot and never wrote to ingest can be gone
+            # (docs/ingest.md, "Broker restarts"); the snapshot is at most one save period old.
+            assert streamed_s >= SAVE_PERIODS * mosquitto.save_period_s
+            assert 0 < unsaved < down_at
+            assert result.lost <= unsaved
 
 
 WINDOW = 100  # the subscriber's Receive Maximum and buffer, crossed tenfold by what is published
@@ -121,3 +138,72 @@ async def test_what_was_received_before_a_broker_crash_is_still_handed_out(schem
             print(f"\nbroker kill -9 with a full window: published {pub.acked_messages}, handed out "
                   f"{len(handed)} of the {WINDOW} received (60 before the crash)")  # fmt: skip
             assert handed == [str(i).encode() for i in range(WINDOW)]
+
+
+def _session(port: int, client_id: str) -> tuple[paho.Client, list[bytes], bool]:
+    """An MQTT 3.1.1 persistent session on ``port`` (kept for the shipped `persistent_client_expiration`): the
+    client, the payloads it receives, and whether the broker had the session already."""
+    got: list[bytes] = []
+    present: list[bool] = []
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=MQTTProtocolVersion.MQTTv311
+    )
+    client.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
+    client.on_connect = lambda _c, _u, flags, _rc, _p: present.append(flags.session_present)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    wait_until(lambda: bool(present), 10, "the CONNACK")
+    return client, got, present[0]
+
+
+def test_a_quiet_broker_still_saves_within_its_period() -> None:
+    """A kill -9 one save period after the last change keeps the session, its subscription and the message queued
+    for it. With the former `autosave_on_changes true` / `autosave_interval 1000`, three changes never reached a
+    snapshot and all three were gone: a plant publishing a few messages a second could lose minutes of them."""
+    topic = unique("wlt/") + "/acme/plant1/line1/m1/telemetry"
+    client_id = unique("wlt-quiet-")
+    with broker() as mosquitto:
+        sub, _, present = _session(mosquitto.port, client_id)
+        assert not present
+        subacks: list[int] = []
+        sub.on_subscribe = lambda _c, _u, mid, _codes, _p: subacks.append(mid)
+        _, mid = sub.subscribe(topic, qos=1)
+        wait_until(lambda: mid in subacks, 10, "the SUBACK")
+        sub.disconnect()
+        sub.loop_stop()
+        pub = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=unique("wlt-qpub-"), protocol=MQTTProtocolVersion.MQTTv5
+        )
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        pub.publish(topic, b"queued while away", qos=1).wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
+        time.sleep(mosquitto.save_period_s)
+        mosquitto.stop(signal.SIGKILL)
+        mosquitto.start()
+        sub, got, present = _session(mosquitto.port, client_id)
+        try:
+            assert present, "the session did not survive the kill -9"
+            wait_until(lambda: bool(got), 10, "the queued message")
+        finally:
+            sub.disconnect()
+            sub.loop_stop()
+    assert got == [b"queued while away"]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ("autosave_on_changes true", "save on a timer"),
+        ("autosave_interval 0", "autosave_interval > 0"),
+        ("persistence false", "must persist"),
+    ],
+)
+def test_a_broker_that_does_not_save_on_a_timer_has_no_kill_bound(change: str, error: str) -> None:
+    text = shipped("mosquitto/wearline.conf").read_text()
+    assert _save_period_s(text) == 3.0  # autosave_interval 1, a second for the whole-second clock, one for the loop
+    key = change.split(maxsplit=1)[0]
+    edited = "\n".join(change if line.startswith(key + " ") else line for line in text.splitlines())
+    with pytest.raises(WearlineError, match=error):
+        _save_period_s(edited)
