@@ -24,9 +24,22 @@ from tests.ingest._support import Fleet, count_rows, worker
 from wearline.db import migrate
 from wearline.errors import WearlineError
 from wearline.mosquitto import _save_period_s
+from wearline.settings import Settings
 from wearline.shipped import shipped
 
 SAVE_PERIODS = 10  # a kill -9 comes after ten of the broker's save periods of streaming, crossing its save timer
+
+
+def _migrated(schema: str, port: int) -> Settings:
+    """Settings for one ingest process on the broker at ``port``, native storage, the schema migrated."""
+    settings = make_settings(
+        schema,
+        unique("wlt/"),
+        "native",
+        mqtt={"host": "127.0.0.1", "port": port, "client_id": unique("wlt-ingest-")},
+    )
+    asyncio.run(migrate(settings.database))
+    return settings
 
 
 @pytest.mark.faults
@@ -34,13 +47,7 @@ SAVE_PERIODS = 10  # a kill -9 comes after ten of the broker's save periods of s
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_broker_restart_mid_stream(schema: str, tmp_path: Path, sig: signal.Signals) -> None:
     with broker() as mosquitto:
-        settings = make_settings(
-            schema,
-            unique("wlt/"),
-            "native",
-            mqtt={"host": "127.0.0.1", "port": mosquitto.port, "client_id": unique("wlt-ingest-")},
-        )
-        asyncio.run(migrate(settings.database))
+        settings = _migrated(schema, mosquitto.port)
         # The kill -9 streams for ten save periods (3 s each as shipped) before the kill, at a lower rate.
         kill = sig == signal.SIGKILL
         rate = 1000 if kill else 2500
@@ -103,13 +110,7 @@ def test_a_broker_kill_during_a_backlog_loses_at_most_one_save_period(schema: st
     and what came after. Lost must not exceed what was acknowledged within one save period before the kill, and
     nothing else may be missing, doubled or wrong."""
     with broker() as mosquitto:
-        settings = make_settings(
-            schema,
-            unique("wlt/"),
-            "native",
-            mqtt={"host": "127.0.0.1", "port": mosquitto.port, "client_id": unique("wlt-ingest-")},
-        )
-        asyncio.run(migrate(settings.database))
+        settings = _migrated(schema, mosquitto.port)
         rate = 1000
         backlog = int(rate * SAVE_PERIODS * mosquitto.save_period_s)
         samples = int(backlog * 1.2 / 50)
