@@ -548,16 +548,17 @@ class _Run:
         at = round(self.minutes(), 2)
         if name in {"broker-restart", "broker-kill"}:
             sig = signal.SIGTERM if name == "broker-restart" else signal.SIGKILL
-            if sig == signal.SIGKILL:
-                # The publisher's current connection is the one this kill ends: what it got acknowledged since the
-                # broker's last snapshot may be gone.
-                self.killed_connections.add(int(shared[_CONNECTION]))
-                self.report.broker_kills += 1
-                self.report.kill_bound += self.acked_within_save_period(shared)
             pid = self.broker.proc.pid if self.broker.proc else 0
             t0 = time.monotonic()
             self.broker.stop(sig)
             stopped = time.monotonic() - t0
+            if sig == signal.SIGKILL:
+                # The publisher's current connection is the one this kill ended (it cannot reconnect before the
+                # start below): what it got acknowledged since the broker's last snapshot may be gone. Counted once
+                # the broker is dead, so the window ends at the kill.
+                self.killed_connections.add(int(shared[_CONNECTION]))
+                self.report.broker_kills += 1
+                self.report.kill_bound += self.acked_within_save_period(shared)
             self.broker.start()
             assert self.broker.proc is not None
             how = "SIGTERM" if sig == signal.SIGTERM else "kill -9"

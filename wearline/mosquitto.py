@@ -147,7 +147,8 @@ def _save_period_s(text: str) -> float:
     interval = _option(text, "autosave_interval")
     if _option(text, "persistence") != "true" or _option(text, "autosave_on_changes") not in (None, "false"):
         raise WearlineError(
-            "the shipped Mosquitto configuration must persist and save on a timer (persistence true, autosave_on_changes false)"
+            "the shipped Mosquitto configuration must persist and save on a timer "
+            "(persistence true, autosave_on_changes false)"
         )
     seconds = 1800 if interval is None else int(interval)  # Mosquitto's default
     if seconds <= 0:
